@@ -1,0 +1,287 @@
+"""Bytes to :class:`Message` and back (RFC 7252 §3).
+
+Decoding is on the server's hot path, so :func:`decode` is one pass over the
+datagram with everything bound to locals: the common case (option delta and
+length below 13) costs two shifts and a slice per option, no per-option object
+besides the ``(number, value)`` tuple, and out-of-range reads of extension bytes
+are caught once as IndexError rather than tested byte by byte. Every rule of §3
+is still checked; every failure is a :class:`MessageFormatError` carrying the
+header fields recovered so far.
+
+Behaviour this module decides (RFC text that leaves a choice):
+
+* Reserved code classes 1, 6 and 7 (§12.1) are reported as format errors: §4.2
+  and §4.3 tell a recipient to reject such a message exactly as one with a
+  format error (RST for CON, ignore otherwise), and the error carries the header
+  needed for that. :func:`encode` refuses them for the same reason.
+* An ACK carrying a request, a non-empty RST or an Empty NON decode normally:
+  §4.2/§4.3 make those the exchange layer's business (silently ignored), not
+  format errors.
+* An option number above 65535 (possible with 16-bit extended deltas) is a
+  format error: the option number space is 16 bits (§12.2).
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+
+from ._errors import MessageFormatError
+from ._message import Message, Type
+from .codes import RESERVED_CLASSES, Code
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_OPTIONS",
+    "decode",
+    "encode",
+]
+
+#: RFC 7252 §4.6: a message "SHOULD fit within a single IP packet", yet a
+#: receiver cannot assume its peer follows that; the hard ceiling is the largest
+#: UDP payload over IPv4 (65535 - 8 UDP header - 20 IP header). Anything larger
+#: cannot have arrived in one datagram and is refused before parsing.
+DEFAULT_MAX_MESSAGE_SIZE = 65507
+
+#: RFC 7252 §3.1 puts no bound on the number of options, so a 64 KiB datagram
+#: could carry ~65,000 one-byte empty options and make the decoder build as many
+#: tuples. Real requests carry a handful (a long Uri-Query list might reach a few
+#: dozen); 256 leaves plenty of room while bounding the work per datagram.
+DEFAULT_MAX_OPTIONS = 256
+
+#: §3: "Lengths 9-15 are reserved, MUST NOT be sent, and MUST be processed as a
+#: message format error."
+MAX_TOKEN_LENGTH = 8
+
+#: §3.1: 14 means a 16-bit extension holding the value minus 269, so the largest
+#: expressible option length is 65535 + 269.
+MAX_OPTION_LENGTH = 65535 + 269
+
+MAX_OPTION_NUMBER = 65535
+
+_TYPES = (Type.CON, Type.NON, Type.ACK, Type.RST)
+_CODES: dict[int, int] = {c.value: c for c in Code}
+_RESERVED = tuple((c >> 5) in RESERVED_CLASSES for c in range(256))
+_first = itemgetter(0)
+
+
+def decode(
+    data: bytes,
+    *,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_options: int = DEFAULT_MAX_OPTIONS,
+) -> Message:
+    """Parse one datagram into a :class:`Message`.
+
+    ``data`` is any bytes-like object; ``max_size`` and ``max_options`` are the
+    limits documented at :data:`DEFAULT_MAX_MESSAGE_SIZE` and
+    :data:`DEFAULT_MAX_OPTIONS`. Raises :class:`MessageFormatError` (and nothing
+    else) when the datagram breaks RFC 7252 §3/§4.1 or a limit; its ``type``,
+    ``mid`` and ``token`` hold what was recovered.
+    """
+    if type(data) is not bytes:
+        try:
+            data = bytes(data)
+        except Exception as exc:  # a non-bytes-like argument is still "not a message"
+            raise MessageFormatError(f"not bytes-like: {type(data).__name__}") from exc
+    n = len(data)
+    if n < 4:
+        # §3: the fixed header is 4 bytes; without the MID nobody can be answered.
+        raise MessageFormatError(f"message shorter than the 4-byte header ({n} bytes)")
+    b0 = data[0]
+    if b0 >> 6 != 1:
+        # §3: "Messages with unknown version numbers MUST be silently ignored."
+        # type stays None so that nobody RSTs it.
+        raise MessageFormatError(f"unsupported CoAP version {b0 >> 6}")
+    mtype = _TYPES[(b0 >> 4) & 3]
+    mid = (data[2] << 8) | data[3]
+    if n > max_size:
+        raise MessageFormatError(
+            f"message of {n} bytes exceeds the {max_size}-byte limit", type=mtype, mid=mid
+        )
+    tkl = b0 & 15
+    if tkl > MAX_TOKEN_LENGTH:
+        raise MessageFormatError(f"reserved token length {tkl}", type=mtype, mid=mid)
+    code = data[1]
+    pos = 4 + tkl
+    if pos > n:
+        raise MessageFormatError(
+            f"token length {tkl} but only {n - 4} bytes follow the header", type=mtype, mid=mid
+        )
+    token = data[4:pos]
+    if code == 0:
+        # §4.1: an Empty message has TKL 0 and no bytes after the Message ID;
+        # "If there are any bytes, they MUST be processed as a message format error."
+        if n != 4:
+            raise MessageFormatError(
+                "Empty message (0.00) with bytes after the header", type=mtype, mid=mid, token=token
+            )
+        return Message(mtype, Code.EMPTY, mid)
+    if _RESERVED[code]:
+        raise MessageFormatError(
+            f"code {code >> 5}.{code & 31:02d} has a reserved class",
+            type=mtype,
+            mid=mid,
+            token=token,
+        )
+    if pos == n:
+        return Message(mtype, _CODES.get(code, code), mid, token)
+
+    options: list[tuple[int, bytes]] = []
+    append = options.append
+    number = 0
+    payload = b""
+    try:
+        while pos < n:
+            byte = data[pos]
+            pos += 1
+            delta = byte >> 4
+            length = byte & 15
+            if delta > 12:
+                if delta == 13:
+                    delta = data[pos] + 13
+                    pos += 1
+                elif delta == 14:
+                    delta = ((data[pos] << 8) | data[pos + 1]) + 269
+                    pos += 2
+                elif length == 15:
+                    # §3: 0xFF is the payload marker; the payload runs to the end.
+                    if pos == n:
+                        # §3: "The presence of a marker followed by a zero-length
+                        # payload MUST be processed as a message format error."
+                        raise MessageFormatError(
+                            "payload marker followed by an empty payload",
+                            type=mtype,
+                            mid=mid,
+                            token=token,
+                        )
+                    payload = data[pos:]
+                    break
+                else:
+                    # §3.1: delta nibble 15 is "Reserved for the Payload Marker";
+                    # with a length nibble other than 15 it is a format error.
+                    raise MessageFormatError(
+                        "reserved option delta 15", type=mtype, mid=mid, token=token
+                    )
+            if length > 12:
+                if length == 13:
+                    length = data[pos] + 13
+                    pos += 1
+                elif length == 14:
+                    length = ((data[pos] << 8) | data[pos + 1]) + 269
+                    pos += 2
+                else:
+                    # §3.1: length nibble 15 "MUST be processed as a message format error".
+                    raise MessageFormatError(
+                        "reserved option length 15", type=mtype, mid=mid, token=token
+                    )
+            number += delta
+            end = pos + length
+            if end > n:
+                raise MessageFormatError(
+                    f"option {number} value runs past the end of the message",
+                    type=mtype,
+                    mid=mid,
+                    token=token,
+                )
+            append((number, data[pos:end]))
+            pos = end
+    except IndexError:
+        # Only the extended delta/length reads can run off the end.
+        raise MessageFormatError(
+            "option header truncated in its extended delta/length",
+            type=mtype,
+            mid=mid,
+            token=token,
+        ) from None
+    # number only grows, so checking the last one checks them all.
+    if number > MAX_OPTION_NUMBER:
+        raise MessageFormatError(
+            f"option number {number} exceeds 65535", type=mtype, mid=mid, token=token
+        )
+    if len(options) > max_options:
+        raise MessageFormatError(
+            f"{len(options)} options exceed the limit of {max_options}",
+            type=mtype,
+            mid=mid,
+            token=token,
+        )
+    return Message(mtype, _CODES.get(code, code), mid, token, tuple(options), payload)
+
+
+def encode(message: Message) -> bytes:
+    """Serialise ``message`` (RFC 7252 §3).
+
+    Options are sorted stably by number (repeats keep their order) and written
+    with the smallest delta/length forms; the payload marker is written only for
+    a non-empty payload. Raises ValueError (a :class:`MessageFormatError`) for a
+    message that cannot be sent: type outside 0-3, code outside 0-255 or in a
+    reserved class, MID outside 0-65535, token over 8 bytes, an Empty message
+    with token/options/payload, option numbers outside 0-65535 or values longer
+    than 65804 bytes.
+    """
+    mtype = message.type
+    code = message.code
+    mid = message.mid
+    token = message.token
+    options = message.options
+    payload = message.payload
+    if not 0 <= mtype <= 3:
+        raise MessageFormatError(f"message type {mtype} is not 0-3")
+    if not 0 <= code <= 255:
+        raise MessageFormatError(f"code {code} is not one byte")
+    if _RESERVED[code]:
+        raise MessageFormatError(f"code {code >> 5}.{code & 31:02d} has a reserved class")
+    if not 0 <= mid <= 0xFFFF:
+        raise MessageFormatError(f"message ID {mid} is not 0-65535")
+    tkl = len(token)
+    if tkl > MAX_TOKEN_LENGTH:
+        raise MessageFormatError(f"token of {tkl} bytes is longer than 8")
+    if code == 0 and (tkl or options or payload):
+        raise MessageFormatError("an Empty message (0.00) carries no token, options or payload")
+    out = bytearray((0x40 | (mtype << 4) | tkl, code, mid >> 8, mid & 0xFF))
+    out += token
+    if options:
+        previous = 0
+        for number, _ in options:
+            if number < previous:
+                options = tuple(sorted(options, key=_first))
+                break
+            previous = number
+        if options[0][0] < 0 or options[-1][0] > MAX_OPTION_NUMBER:
+            raise MessageFormatError("option numbers must be 0-65535")
+        previous = 0
+        for number, value in options:
+            delta = number - previous
+            previous = number
+            length = len(value)
+            if delta < 13:
+                if length < 13:
+                    out.append((delta << 4) | length)
+                    out += value
+                    continue
+                dnib = delta << 4
+                dext = b""
+            elif delta < 269:
+                dnib = 0xD0
+                dext = bytes((delta - 13,))
+            else:
+                dnib = 0xE0
+                dext = (delta - 269).to_bytes(2, "big")
+            if length < 13:
+                out.append(dnib | length)
+                out += dext
+            elif length < 269:
+                out.append(dnib | 13)
+                out += dext
+                out.append(length - 13)
+            elif length <= MAX_OPTION_LENGTH:
+                out.append(dnib | 14)
+                out += dext
+                out += (length - 269).to_bytes(2, "big")
+            else:
+                raise MessageFormatError(f"option {number} value of {length} bytes is too long")
+            out += value
+    if payload:
+        out.append(0xFF)
+        out += payload
+    return bytes(out)
