@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# A real single-node Elasticsearch for development, tests and CI.
+#
+#   bash scripts/es.sh start|stop|status|url
+#
+# The server is the `integ-test-zip` distribution from Maven Central (core server, HTTP
+# transport, x-pack security; no bundled JDK, no ingest/ILM/data streams), fetched once
+# with Maven into .cache/es/ (git-ignored) and unzipped there. Each instance lives in its
+# own state directory (config, data, logs, pidfile), owned by a dedicated system user
+# because Elasticsearch refuses to run as root and CI runs as root. It binds 127.0.0.1
+# only. `start` waits for yellow/green health and prints the URL as the last line of
+# stdout (progress goes to stderr), so `ES_URL=$(bash scripts/es.sh start | tail -1)`
+# works. `start` on a running instance just prints its URL; `stop` kills the pidfile's
+# process only and removes the state directory.
+#
+# Environment (all optional):
+#   ES_PORT        HTTP port (default 9200; 0 picks a free one, see its URL's port)
+#   ES_STATE_DIR   instance directory (default ${TMPDIR:-/tmp}/iot-collector-es-<port>)
+#   ES_SECURITY=1  x-pack security on (HTTP basic auth, no TLS); needs ES_PASSWORD,
+#                  set as the `elastic` user's bootstrap password via the keystore
+#   ES_PASSWORD    bootstrap password of the `elastic` user (with ES_SECURITY=1)
+#   ES_HEAP        JVM heap (default 512m)
+#   ES_KEEP_STATE=1  `stop` keeps the data so that a later `start` finds it again
+#   ES_VERSION     server version (default 8.19.21: the client pinned is 8.x)
+#   ES_USER        system user that runs the server when invoked as root (default iotes)
+#   ES_START_TIMEOUT  seconds to wait for health (default 120)
+#   ES_JAVA_HOME   JDK 17+ (default: the `java` on PATH)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ES_VERSION=${ES_VERSION:-8.19.21}
+CACHE=${ES_CACHE_DIR:-$ROOT/.cache/es}
+ES_DIST=$CACHE/elasticsearch-$ES_VERSION
+ES_USER=${ES_USER:-iotes}
+ES_HEAP=${ES_HEAP:-512m}
+ES_START_TIMEOUT=${ES_START_TIMEOUT:-120}
+
+log() { echo "es.sh: $*" >&2; }
+die() {
+    echo "es.sh: $*" >&2
+    exit 1
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+resolve_instance() {
+    PORT=${ES_PORT:-9200}
+    if [ "$PORT" = 0 ]; then
+        [ "${1:-}" = start ] || die "ES_PORT=0 only makes sense for start; pass the port it printed"
+        PORT=$(free_port)
+    fi
+    case $PORT in '' | *[!0-9]*) die "ES_PORT must be a number, got '$PORT'" ;; esac
+    STATE=${ES_STATE_DIR:-${TMPDIR:-/tmp}/iot-collector-es-$PORT}
+    PIDFILE=$STATE/es.pid
+    SCHEME=http
+    URL="$SCHEME://127.0.0.1:$PORT"
+}
+
+running_pid() {
+    # The pidfile's process, if it is alive and is the Elasticsearch of this state dir.
+    [ -f "$PIDFILE" ] || return 1
+    local pid
+    pid=$(cat "$PIDFILE" 2>/dev/null || true)
+    case $pid in '' | *[!0-9]*) return 1 ;; esac
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "java.io.tmpdir=$STATE/tmp" || return 1
+    echo "$pid"
+}
+
+as_es_user() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u "$ES_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+ensure_user() {
+    [ "$(id -u)" = 0 ] || return 0
+    if ! getent passwd "$ES_USER" >/dev/null; then
+        log "creating system user $ES_USER (Elasticsearch refuses to run as root)"
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+            "$ES_USER" 2>/dev/null || getent passwd "$ES_USER" >/dev/null ||
+            die "cannot create system user $ES_USER"
+    fi
+}
+
+ensure_java() {
+    if [ -z "${ES_JAVA_HOME:-}" ]; then
+        local java
+        java=$(command -v java || true)
+        [ -n "$java" ] || die "no java on PATH: install a JDK 17+ (apt-get install openjdk-17-jre-headless) or set ES_JAVA_HOME"
+        ES_JAVA_HOME=$(dirname "$(dirname "$(readlink -f "$java")")")
+    fi
+    [ -x "$ES_JAVA_HOME/bin/java" ] || die "ES_JAVA_HOME=$ES_JAVA_HOME has no bin/java"
+    export ES_JAVA_HOME
+}
+
+ensure_dist() {
+    [ -x "$ES_DIST/bin/elasticsearch" ] && return 0
+    local zip=$CACHE/elasticsearch-$ES_VERSION.zip
+    mkdir -p "$CACHE"
+    if [ ! -s "$zip" ]; then
+        command -v mvn >/dev/null || die "mvn not found: install maven (apt-get install maven) to fetch Elasticsearch"
+        log "downloading Elasticsearch $ES_VERSION (integ-test-zip) from Maven Central into $CACHE"
+        mvn -q -B dependency:copy \
+            -Dartifact="org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip" \
+            -DoutputDirectory="$CACHE" >&2 || die "maven could not fetch elasticsearch $ES_VERSION"
+    fi
+    log "unpacking $zip"
+    local tmp
+    tmp=$(mktemp -d "$CACHE/unzip.XXXXXX")
+    unzip -q "$zip" -d "$tmp" || die "cannot unzip $zip"
+    # The server runs as another user: it must be able to read the distribution.
+    chmod -R a+rX "$tmp"
+    mv "$tmp/elasticsearch-$ES_VERSION" "$ES_DIST" 2>/dev/null || true
+    rm -rf "$tmp"
+    [ -x "$ES_DIST/bin/elasticsearch" ] || die "unpacked distribution lacks bin/elasticsearch"
+}
+
+write_config() {
+    mkdir -p "$STATE/data" "$STATE/logs" "$STATE/tmp"
+    rm -rf "$STATE/config"
+    cp -r "$ES_DIST/config" "$STATE/config"
+    # The stock jvm.options writes gc logs and crash files into the working directory.
+    sed -i -e "s|file=gc.log|file=$STATE/logs/gc.log|" \
+        -e "s|ErrorFile=hs_err_pid|ErrorFile=$STATE/logs/hs_err_pid|" "$STATE/config/jvm.options"
+    echo "-XX:HeapDumpPath=$STATE/logs" >"$STATE/config/jvm.options.d/heapdump.options"
+    local security=false
+    [ "${ES_SECURITY:-0}" = 1 ] && security=true
+    cat >"$STATE/config/elasticsearch.yml" <<EOF
+cluster.name: iot-collector-$PORT
+node.name: es-$PORT
+path.data: $STATE/data
+path.logs: $STATE/logs
+network.host: 127.0.0.1
+http.port: $PORT
+transport.port: 9300-9399
+discovery.type: single-node
+xpack.security.enabled: $security
+xpack.security.http.ssl.enabled: false
+xpack.security.transport.ssl.enabled: false
+# Tests share a disk with everything else: never refuse shards for a full-ish disk.
+cluster.routing.allocation.disk.threshold_enabled: false
+action.destructive_requires_name: false
+EOF
+    if [ "$security" = true ]; then
+        [ -n "${ES_PASSWORD:-}" ] || die "ES_SECURITY=1 needs ES_PASSWORD (the elastic user's bootstrap password)"
+        ES_PATH_CONF=$STATE/config "$ES_DIST/bin/elasticsearch-keystore" create >/dev/null 2>&1 || true
+        printf '%s' "$ES_PASSWORD" | ES_PATH_CONF=$STATE/config \
+            "$ES_DIST/bin/elasticsearch-keystore" add -x -f bootstrap.password >/dev/null ||
+            die "cannot write the bootstrap password into the keystore"
+    fi
+    [ "$(id -u)" = 0 ] && chown -R "$ES_USER:" "$STATE"
+    return 0
+}
+
+health() {
+    local auth=()
+    [ "${ES_SECURITY:-0}" = 1 ] && auth=(-u "elastic:$ES_PASSWORD")
+    curl -s -m 3 "${auth[@]}" "$URL/_cluster/health?wait_for_status=yellow&timeout=2s" 2>/dev/null |
+        grep -Eq '"status":"(green|yellow)"'
+}
+
+cmd_start() {
+    resolve_instance start
+    if pid=$(running_pid); then
+        log "already running (pid $pid)"
+        echo "$URL"
+        return 0
+    fi
+    if port_in_use "$PORT"; then
+        die "port $PORT on 127.0.0.1 is already taken by another process; choose another with ES_PORT"
+    fi
+    ensure_java
+    ensure_dist
+    ensure_user
+    if [ "$(id -u)" = 0 ]; then
+        # The state directory's parents must be traversable by the server's user.
+        mkdir -p "$STATE"
+        runuser -u "$ES_USER" -- test -x "$STATE" ||
+            die "$ES_USER cannot reach $STATE (a parent directory is not world-executable)"
+    fi
+    write_config
+    log "starting Elasticsearch $ES_VERSION on $URL (state in $STATE, heap $ES_HEAP)"
+    (
+        cd "$STATE"
+        as_es_user env ES_JAVA_HOME="$ES_JAVA_HOME" ES_PATH_CONF="$STATE/config" \
+            ES_TMPDIR="$STATE/tmp" ES_JAVA_OPTS="-Xms$ES_HEAP -Xmx$ES_HEAP ${ES_JAVA_OPTS:-}" \
+            "$ES_DIST/bin/elasticsearch" -d -p "$PIDFILE" >"$STATE/logs/console.log" 2>&1
+    ) || {
+        tail -n 30 "$STATE/logs/console.log" "$STATE/logs/iot-collector-$PORT.log" 2>/dev/null >&2 || true
+        die "Elasticsearch failed to start (log above)"
+    }
+    local deadline=$((SECONDS + ES_START_TIMEOUT))
+    until health; do
+        if [ $SECONDS -ge $deadline ] || ! running_pid >/dev/null; then
+            tail -n 40 "$STATE/logs/iot-collector-$PORT.log" "$STATE/logs/console.log" 2>/dev/null >&2 || true
+            die "Elasticsearch at $URL did not become healthy within ${ES_START_TIMEOUT}s (log tail above)"
+        fi
+        sleep 0.5
+    done
+    log "ready (pid $(cat "$PIDFILE"))"
+    echo "$URL"
+}
+
+cmd_stop() {
+    resolve_instance stop
+    local pid
+    if pid=$(running_pid); then
+        log "stopping pid $pid"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 120); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.25
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid did not exit after 30 s: killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            sleep 0.5
+        fi
+    else
+        log "not running on port $PORT"
+    fi
+    rm -f "$PIDFILE"
+    if [ "${ES_KEEP_STATE:-0}" != 1 ] && [ -d "$STATE" ]; then
+        rm -rf "$STATE"
+    fi
+}
+
+cmd_status() {
+    resolve_instance status
+    if pid=$(running_pid); then
+        if health; then
+            echo "running (pid $pid) at $URL"
+        else
+            echo "running (pid $pid) at $URL, not healthy yet"
+        fi
+    else
+        echo "not running (port $PORT)"
+        return 3
+    fi
+}
+
+cmd_url() {
+    resolve_instance url
+    running_pid >/dev/null || die "not running on port $PORT"
+    echo "$URL"
+}
+
+case "${1:-}" in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+url) cmd_url ;;
+*) die "usage: es.sh start|stop|status|url (env: ES_PORT ES_STATE_DIR ES_SECURITY ES_PASSWORD ES_HEAP ES_KEEP_STATE)" ;;
+esac
