@@ -97,8 +97,7 @@ class Message:
         registered bounds (RFC 7252 §5.4.3: such a value "MUST be treated like an
         unrecognized option"), or a second occurrence of a non-repeatable option
         (§5.4.5: supernumerary occurrences are treated the same way).
-        Returns None when there is none. Note that option number 0 is falsy:
-        compare the result with None.
+        Returns None when there is none (a critical number is odd, never 0).
         """
         known_set = None if known is None else frozenset(known)
         previous = -1
