@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Idempotent set-up: system packages the tests need, the virtual environment, the
+# project with its dev and bench extras, and the npm peer used by the benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+need_pkgs=()
+command -v coap-client-notls >/dev/null 2>&1 || need_pkgs+=(libcoap3-bin)
+command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v sqlite3 >/dev/null 2>&1 || need_pkgs+=(sqlite3)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing system packages: ${need_pkgs[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    else
+        echo "setup: missing system packages (${need_pkgs[*]}); install them to run every test" >&2
+    fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q -e ".[dev,bench]"
+
+if [ -f bench/peers/node/package.json ] && command -v npm >/dev/null 2>&1; then
+    (cd bench/peers/node && npm install --silent --no-audit --no-fund >/dev/null)
+fi
+echo "setup: ready ($VENV)"
