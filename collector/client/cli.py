@@ -1,0 +1,409 @@
+"""``iot-client``: the thesis' command-line client (chapter 4.9), on our own codec.
+
+    iot-client [-H host] [-P port] [-o origin] [-s sender] [-N namespace] [-S] COMMAND
+
+Commands: ``healthcheck``, ``discover``, ``send TYPE VALUE``,
+``incremental TYPE INITIAL``, ``simulate``, ``city NAME``. Global options may also
+follow the command. Exit codes: 0 every request answered 2.xx; 1 some answer
+4.xx/5.xx (or RST); 2 usage or configuration error; 3 some request got no answer.
+Every error is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import resource
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, NoReturn
+
+from coap.transmission import TransmissionParameters
+
+from . import payloads
+from .city import CityError, run_city
+from .commands import (
+    ClientConfig,
+    incremental_values,
+    run_discover,
+    run_healthcheck,
+    run_incremental,
+    run_send,
+)
+from .outcomes import EXIT_TIMEOUT, EXIT_USAGE
+from .simulate import run_simulate
+
+__all__ = ["build_parser", "main"]
+
+PROG = "iot-client"
+#: Simulator bounds: every load loop is bounded in count and time.
+MAX_DEVICES = 5000
+MAX_RATE = 100_000.0
+MAX_DURATION = 24 * 3600.0
+MAX_BATCH = 1000
+MAX_WINDOW = 10_000
+#: simulate's default per-request deadline: the run must end soon after --duration.
+SIMULATE_TIMEOUT = 10.0
+
+
+class UsageError(Exception):
+    """A bad option value found after parsing: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports an error as one line and exits 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{PROG}: {message} (try '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more: {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number: {text!r}")
+    return value
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}: {text!r}")
+        return value
+
+    return parse
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The thesis' global options. On subcommands they default to SUPPRESS so that
+    ``iot-client send -H h ...`` and ``iot-client -H h send ...`` both work."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    env = os.environ
+    parser.add_argument(
+        "-H",
+        "--host",
+        default=default(env.get("IOT_HOST", "127.0.0.1")),
+        help="collector host (env IOT_HOST; default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "-P",
+        "--port",
+        type=_int_between(1, 65535),
+        default=default(None),
+        help="collector UDP port (env IOT_PORT; default 5683)",
+    )
+    parser.add_argument(
+        "-o",
+        "--origin",
+        default=default(None),
+        help="origin of the data (default probe1; simulate: station-N; city: the city)",
+    )
+    parser.add_argument("-s", "--sender", default=default("iot-client"), help="sender of the data")
+    parser.add_argument(
+        "-N", "--namespace", default=default("default"), help="namespace of the data"
+    )
+    parser.add_argument(
+        "-S",
+        "--silent",
+        action="store_true",
+        default=default(False),
+        help="do not print answers (the exit code still tells)",
+    )
+
+
+def _add_transport(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--non",
+        action="store_true",
+        help="send non-confirmable (NON) requests: no retransmission",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        help="give up on a request after this many seconds "
+        "(default: MAX_TRANSMIT_WAIT, 93 s with the default ACK timeout; simulate: 10 s)",
+    )
+    parser.add_argument(
+        "--ack-timeout",
+        type=_positive_float,
+        default=2.0,
+        help="RFC 7252 ACK_TIMEOUT in seconds: first retransmission after "
+        "ACK_TIMEOUT x [1, 1.5], doubling (default 2)",
+    )
+    parser.add_argument(
+        "--max-retransmit",
+        type=_int_between(0, 20),
+        default=4,
+        help="RFC 7252 MAX_RETRANSMIT (default 4)",
+    )
+
+
+def _add_sending(parser: argparse.ArgumentParser, *, window: bool = True) -> None:
+    _add_transport(parser)
+    parser.add_argument(
+        "--format",
+        choices=list(payloads.FORMATS),
+        default="json",
+        help="request body format (default json)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_int_between(1, MAX_BATCH),
+        default=1,
+        metavar="K",
+        help="events per request (default 1)",
+    )
+    if window:
+        parser.add_argument(
+            "--window",
+            type=_int_between(1, MAX_WINDOW),
+            default=8,
+            help="requests in flight at once (default 8)",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = _Parser(
+        prog=PROG,
+        description="Send events to an iot-collector over CoAP, check it, simulate a fleet.",
+    )
+    _add_globals(parser, suppress=False)
+    common = _Parser(add_help=False)
+    _add_globals(common, suppress=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    health = commands.add_parser(
+        "healthcheck", parents=[common], help="GET /health; exit 0 only when healthy"
+    )
+    _add_transport(health)
+
+    discover = commands.add_parser(
+        "discover", parents=[common], help="GET /.well-known/core and list the resources"
+    )
+    _add_transport(discover)
+
+    send = commands.add_parser("send", parents=[common], help="send one event")
+    send.add_argument("type", help="event type, e.g. temperature")
+    send.add_argument("value", help="a number, true/false, or any text")
+    send.add_argument("-u", "--unit", help="unit (SenML name, e.g. Cel)")
+    _add_sending(send, window=False)
+
+    inc = commands.add_parser(
+        "incremental",
+        parents=[common],
+        help="send a series of events, each value the previous times a factor",
+    )
+    inc.add_argument("type", help="event type, e.g. temperature")
+    inc.add_argument("initial", type=_finite_float, help="initial value")
+    inc.add_argument(
+        "-n",
+        "--number-of-events",
+        dest="count",
+        type=_int_between(1, 2**62),
+        default=None,
+        help="number of events to send (default: forever, until Ctrl-C)",
+    )
+    inc.add_argument(
+        "-p",
+        "--pace",
+        type=_non_negative_float,
+        default=0.0,
+        help="seconds between events (default 0)",
+    )
+    inc.add_argument(
+        "-f",
+        "--factor",
+        type=_positive_float,
+        default=1.0,
+        help="positive multiplicative factor (default 1)",
+    )
+    inc.add_argument("--min", type=_finite_float, default=None, help="minimum value allowed")
+    inc.add_argument("--max", type=_finite_float, default=None, help="maximum value allowed")
+    inc.add_argument("-u", "--unit", help="unit (SenML name, e.g. Cel)")
+    _add_sending(inc)
+
+    sim = commands.add_parser(
+        "simulate",
+        parents=[common],
+        help="a fleet of devices sending weather readings at a fixed total rate",
+    )
+    sim.add_argument(
+        "--devices",
+        type=_int_between(1, MAX_DEVICES),
+        default=10,
+        help="virtual devices, each with its own UDP socket (default 10)",
+    )
+    sim.add_argument(
+        "--rate", type=_positive_float, default=100.0, help="events per second, all devices"
+    )
+    sim.add_argument(
+        "--duration", type=_positive_float, default=10.0, help="seconds of sending (default 10)"
+    )
+    sim.add_argument("--seed", type=int, default=None, help="random seed for the readings")
+    sim.add_argument(
+        "--max-in-flight",
+        type=_int_between(1, 1_000_000),
+        default=20_000,
+        help="requests outstanding at most; beyond it a due request is skipped",
+    )
+    _add_sending(sim, window=False)
+
+    city = commands.add_parser(
+        "city",
+        parents=[common],
+        help="current weather of a city from OpenWeatherMap (OPENWEATHERMAP_APIKEY)",
+    )
+    city.add_argument("name", help="city name, e.g. Madrid or 'Madrid,ES'")
+    _add_sending(city)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> ClientConfig:
+    port = args.port
+    if port is None:
+        env_port = os.environ.get("IOT_PORT")
+        if env_port:
+            try:
+                port = _int_between(1, 65535)(env_port)
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"IOT_PORT: {exc}") from None
+        else:
+            port = 5683
+    minimum, maximum = getattr(args, "min", None), getattr(args, "max", None)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise UsageError(f"--min {minimum} is greater than --max {maximum}")
+    origin = args.origin or ("station" if args.command == "simulate" else "probe1")
+    timeout = args.timeout
+    if timeout is None and args.command == "simulate":
+        timeout = SIMULATE_TIMEOUT
+    params = TransmissionParameters(
+        ack_timeout=args.ack_timeout, max_retransmit=args.max_retransmit
+    )
+    return ClientConfig(
+        host=args.host,
+        port=port,
+        origin=origin,
+        sender=args.sender,
+        namespace=args.namespace,
+        silent=args.silent,
+        format=getattr(args, "format", "json"),
+        confirmable=not args.non,
+        batch=getattr(args, "batch", 1),
+        window=getattr(args, "window", 8),
+        timeout=timeout,
+        params=params,
+    )
+
+
+def _check_devices(devices: int) -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and devices > soft - 64:
+        raise UsageError(
+            f"--devices {devices} needs one socket each but the open-file limit is {soft}"
+        )
+
+
+def _command(args: argparse.Namespace, config: ClientConfig) -> Coroutine[Any, Any, int]:
+    out = sys.stdout
+    if args.command == "healthcheck":
+        return run_healthcheck(config, out)
+    if args.command == "discover":
+        return run_discover(config, out)
+    if args.command == "send":
+        return run_send(config, args.type, payloads.parse_value(args.value), args.unit, out)
+    if args.command == "incremental":
+        values = incremental_values(args.initial, args.factor, args.min, args.max)
+        return run_incremental(
+            config, args.type, values, count=args.count, pace=args.pace, unit=args.unit, out=out
+        )
+    if args.command == "simulate":
+        _check_devices(args.devices)
+        return run_simulate(
+            config,
+            devices=args.devices,
+            rate=args.rate,
+            duration=args.duration,
+            seed=args.seed,
+            max_in_flight=args.max_in_flight,
+            out=out,
+        )
+    if args.command == "city":
+        return run_city(config, args.name, out)
+    raise UsageError(f"unknown command {args.command!r}")
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``iot-client`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _config(args)
+        coro = _command(args, config)
+    except UsageError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return EXIT_USAGE
+    try:
+        return _run(coro)
+    except UsageError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return EXIT_USAGE
+    except CityError as exc:
+        sys.stderr.write(f"{PROG}: city: {exc}\n")
+        return exc.exit_code
+    except socket.gaierror as exc:
+        sys.stderr.write(f"{PROG}: cannot resolve host {config.host!r}: {exc.strerror or exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: {exc.strerror or exc}\n")
+        return EXIT_TIMEOUT
+    except Exception as exc:  # the CLI contract: one line, never a traceback
+        sys.stderr.write(f"{PROG}: unexpected error: {type(exc).__name__}: {exc}\n")
+        return 1

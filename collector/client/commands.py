@@ -1,0 +1,327 @@
+"""The CLI's commands as coroutines: healthcheck, discover, send, incremental.
+
+Each returns an exit code (see :mod:`outcomes`). Sending commands share one
+:class:`Sender`: it packs events into requests of ``batch`` events, keeps at most
+``window`` requests in flight on one endpoint and prints each answer as it
+arrives, so (as in the thesis' demo) lines may come out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from coap import Code
+from coap.transmission import TransmissionParameters
+
+from . import payloads
+from .endpoint import ClientEndpoint, RequestError, Response
+from .outcomes import Tally, describe_payload, emit, format_answer
+
+__all__ = [
+    "EVENTS_PATH",
+    "ClientConfig",
+    "Sender",
+    "StopFlag",
+    "connect",
+    "incremental_values",
+    "run_discover",
+    "run_healthcheck",
+    "run_incremental",
+    "run_send",
+]
+
+EVENTS_PATH = "/events"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Everything the commands need, validated once by the CLI."""
+
+    host: str = "127.0.0.1"
+    port: int = 5683
+    origin: str = "probe1"
+    sender: str = "iot-client"
+    namespace: str = "default"
+    silent: bool = False
+    format: str = "json"
+    confirmable: bool = True
+    batch: int = 1
+    window: int = 8
+    timeout: float | None = None
+    params: TransmissionParameters = field(default_factory=TransmissionParameters)
+
+    def event(
+        self,
+        type: str,
+        value: payloads.Value,
+        *,
+        unit: str | None = None,
+        origin: str | None = None,
+        timestamp: float | None = None,
+    ) -> payloads.Event:
+        return payloads.make_event(
+            type=type,
+            value=value,
+            origin=self.origin if origin is None else origin,
+            sender=self.sender,
+            namespace=self.namespace,
+            unit=unit,
+            timestamp=timestamp,
+        )
+
+
+class StopFlag:
+    """Set by the first SIGINT/SIGTERM: stop sending, let in-flight requests finish.
+    A second signal cancels what is still in flight."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.on_second: Callable[[], None] | None = None
+        self._installed: list[int] = []
+
+    def install(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._signalled)
+                self._installed.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests): no signal handling
+
+    def uninstall(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+        self._installed.clear()
+
+    def _signalled(self) -> None:
+        if self.event.is_set() and self.on_second is not None:
+            self.on_second()
+        self.event.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self.event.is_set()
+
+
+class Sender:
+    """Sends event batches on one endpoint with a bounded window, printing answers."""
+
+    def __init__(
+        self, endpoint: ClientEndpoint, config: ClientConfig, out: TextIO | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.config = config
+        self.out = out or sys.stdout
+        self.tally = Tally()
+        self._window = asyncio.Semaphore(max(1, config.window))
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, events: Sequence[payloads.Event]) -> None:
+        """Wait for room in the window, then send ``events`` as one request."""
+        await self._window.acquire()
+        body, content_format = payloads.encode_body(events, self.config.format)
+        shown: object = events[0] if len(events) == 1 else list(events)
+        task = asyncio.create_task(self._one(body, content_format, shown, len(events)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _one(self, body: bytes, content_format: int, shown: object, count: int) -> None:
+        outcome: Response | RequestError
+        try:
+            self.tally.requests_sent += 1
+            self.tally.events_sent += count
+            outcome = await self.endpoint.request(
+                Code.POST,
+                EVENTS_PATH,
+                payload=body,
+                content_format=content_format,
+                confirmable=self.config.confirmable,
+                timeout=self.config.timeout,
+            )
+        except RequestError as exc:
+            outcome = exc
+        finally:
+            self._window.release()
+        self.tally.add(outcome, count)
+        if not self.config.silent:
+            emit(format_answer("POST", EVENTS_PATH, outcome, shown), self.out)
+
+    async def drain(self) -> None:
+        """Wait for every request in flight."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+async def connect(config: ClientConfig) -> ClientEndpoint:
+    return await ClientEndpoint.connect(config.host, config.port, params=config.params)
+
+
+async def _get(config: ClientConfig, path: str, out: TextIO) -> tuple[int, Response | None]:
+    endpoint = await connect(config)
+    try:
+        response = await endpoint.request(
+            Code.GET, path, confirmable=config.confirmable, timeout=config.timeout
+        )
+    except RequestError as exc:
+        tally = Tally()
+        tally.add(exc)
+        if not config.silent:
+            emit(format_answer("GET", path, exc), out)
+        return tally.exit_code, None
+    finally:
+        endpoint.close()
+    tally = Tally()
+    tally.add(response)
+    return tally.exit_code, response
+
+
+async def run_healthcheck(config: ClientConfig, out: TextIO) -> int:
+    """GET /health; prints ``GET /health -> 2.05 {...}``; 0 only when healthy."""
+    code, response = await _get(config, "/health", out)
+    if response is not None and not config.silent:
+        line = format_answer("GET", "/health", response)
+        body = describe_payload(response)
+        if body and "--" not in line:
+            line += " " + body
+        emit(line, out)
+    return code
+
+
+def parse_link_format(text: str) -> list[tuple[str, dict[str, str | bool]]]:
+    """Links of an RFC 6690 document as (target, attributes). Raises ValueError."""
+    links: list[tuple[str, dict[str, str | bool]]] = []
+    for part in _split_outside_quotes(text.strip(), ","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.startswith("<") or ">" not in part:
+            raise ValueError(f"not a link: {part[:40]!r}")
+        target, _, rest = part[1:].partition(">")
+        attrs: dict[str, str | bool] = {}
+        for param in _split_outside_quotes(rest, ";"):
+            param = param.strip()
+            if not param:
+                continue
+            name, eq, value = param.partition("=")
+            attrs[name.strip()] = value.strip().strip('"') if eq else True
+        links.append((target, attrs))
+    return links
+
+
+def _split_outside_quotes(text: str, separator: str) -> Iterator[str]:
+    start, quoted = 0, False
+    for index, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            yield text[start:index]
+            start = index + 1
+    if quoted:
+        raise ValueError("unterminated quoted string")
+    yield text[start:]
+
+
+async def run_discover(config: ClientConfig, out: TextIO) -> int:
+    """GET /.well-known/core; prints the status line, then one link a line."""
+    path = "/.well-known/core"
+    code, response = await _get(config, path, out)
+    if response is None:
+        return code
+    if config.silent:
+        return code
+    emit(format_answer("GET", path, response), out)
+    if code == 0:
+        try:
+            links = parse_link_format(response.message.payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            emit(f"iot-client: the answer is not link format: {exc}", sys.stderr)
+            return 1
+        for target, attrs in links:
+            shown = ";".join(k if v is True else f'{k}="{v}"' for k, v in attrs.items())
+            emit(f"<{target}>" + (f";{shown}" if shown else ""), out)
+    return code
+
+
+async def run_send(
+    config: ClientConfig, type: str, value: payloads.Value, unit: str | None, out: TextIO
+) -> int:
+    """One event, one request."""
+    endpoint = await connect(config)
+    try:
+        sender = Sender(endpoint, config, out)
+        await sender.submit([config.event(type, value, unit=unit)])
+        await sender.drain()
+    finally:
+        endpoint.close()
+    return sender.tally.exit_code
+
+
+def incremental_values(
+    initial: float,
+    factor: float,
+    minimum: float | None,
+    maximum: float | None,
+) -> Iterator[float]:
+    """initial, initial*factor, ... each clamped to [minimum, maximum] (forever)."""
+
+    def clamp(v: float) -> float:
+        if minimum is not None and v < minimum:
+            v = minimum
+        if maximum is not None and v > maximum:
+            v = maximum
+        return v
+
+    value = clamp(initial)
+    while True:
+        yield value
+        value = clamp(value * factor)
+
+
+async def run_incremental(
+    config: ClientConfig,
+    type: str,
+    values: Iterator[float],
+    *,
+    count: int | None,
+    pace: float,
+    unit: str | None,
+    out: TextIO,
+) -> int:
+    """``count`` events (None: until SIGINT/SIGTERM) from ``values``, ``pace``
+    seconds apart, ``config.batch`` per request, ``config.window`` in flight."""
+    endpoint = await connect(config)
+    stop = StopFlag()
+    stop.install()
+    sender = Sender(endpoint, config, out)
+    stop.on_second = sender.cancel
+    try:
+        batch: list[payloads.Event] = []
+        sent = 0
+        while not stop.stopped and (count is None or sent < count):
+            batch.append(config.event(type, payloads.tidy_number(next(values)), unit=unit))
+            sent += 1
+            last = count is not None and sent >= count
+            if len(batch) >= config.batch or last:
+                await sender.submit(batch)
+                batch = []
+            if pace > 0 and not last:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.event.wait(), pace)
+        if batch:  # interrupted with a partial batch: send what was built
+            await sender.submit(batch)
+        await sender.drain()
+    finally:
+        stop.uninstall()
+        endpoint.close()
+    return sender.tally.exit_code

@@ -1,0 +1,396 @@
+"""An asyncio CoAP client endpoint: one UDP socket, many concurrent requests.
+
+Strategy. The codec (:mod:`coap`) turns messages into bytes; this module adds the
+message layer of RFC 7252 §4 for a client talking to one server:
+
+* **Identifiers.** Message IDs and tokens come from per-endpoint counters that
+  start at a random value and increment (§4.4: "a randomized initial value";
+  §5.3.1: tokens must be unique among the endpoint's outstanding requests). A
+  4-byte token counter cannot repeat before 2**32 requests.
+* **Reliability.** A CON request is retransmitted after ACK_TIMEOUT x a random
+  factor in [1, ACK_RANDOM_FACTOR], the timeout doubling each time, at most
+  MAX_RETRANSMIT times (§4.2, §4.8). An empty ACK stops retransmission; the
+  answer then comes as a separate response (§5.2.2), which we ACK when it is
+  CON. A RST ends the exchange (§4.2). NON requests are sent once (§4.3).
+* **Matching.** A piggybacked response must carry the request's Message ID and
+  token; a separate response is matched by token only (§5.3.2). A CON response
+  seen before (same Message ID within EXCHANGE_LIFETIME) is acknowledged again
+  but delivered only once (§4.5); an unknown one is rejected with RST.
+* **Deadline.** Each request has one overall deadline, by default
+  MAX_TRANSMIT_WAIT (§4.8.2): the time after which a sender gives up on a CON.
+
+Each endpoint uses a connected UDP socket, so the kernel drops datagrams from any
+other peer and each endpoint has its own source port (the simulator relies on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final, cast
+
+import coap
+from coap import Code, Message, OptionNumber, Type
+from coap.codes import is_response
+from coap.transmission import TransmissionParameters
+
+__all__ = [
+    "ClientEndpoint",
+    "EndpointClosed",
+    "ExchangeReset",
+    "RequestError",
+    "RequestTimeout",
+    "Response",
+]
+
+_TOKEN_BYTES: Final = 4
+
+
+class RequestError(Exception):
+    """A request ended without a response."""
+
+
+class RequestTimeout(RequestError):
+    """No response before the deadline."""
+
+
+class ExchangeReset(RequestError):
+    """The server answered the request with RST (§4.2, §4.3)."""
+
+
+class EndpointClosed(RequestError):
+    """The endpoint was closed while the request was outstanding."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response and how it came: ``separate`` when after an empty ACK or as its
+    own message; ``transmissions`` counts copies of the request sent."""
+
+    message: Message
+    rtt: float
+    transmissions: int
+    separate: bool
+
+    @property
+    def code(self) -> int:
+        return self.message.code
+
+    @property
+    def code_str(self) -> str:
+        return coap.code_str(self.message.code)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    token: bytes
+    mid: int
+    datagram: bytes
+    confirmable: bool
+    future: asyncio.Future[Response]
+    started: float
+    next_timeout: float
+    transmissions: int = 1
+    acked: bool = False
+    retransmit_timer: asyncio.TimerHandle | None = None
+    deadline_timer: asyncio.TimerHandle | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class ClientEndpoint(asyncio.DatagramProtocol):
+    """A CoAP client bound to one server address. Use :meth:`connect`."""
+
+    def __init__(
+        self,
+        params: TransmissionParameters | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.params = params or TransmissionParameters()
+        self._rng = rng or random.Random()
+        self._mid = self._rng.randrange(0x10000)
+        self._token = self._rng.randrange(1 << (8 * _TOKEN_BYTES))
+        self._by_token: dict[bytes, _Exchange] = {}
+        self._by_mid: dict[int, _Exchange] = {}
+        # Message IDs of CON responses already delivered, oldest first: mid -> time.
+        self._seen_con: OrderedDict[int, float] = OrderedDict()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._closed = False
+        self.last_error: OSError | None = None
+        self.retransmissions = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        params: TransmissionParameters | None = None,
+        rng: random.Random | None = None,
+    ) -> ClientEndpoint:
+        """An endpoint with its own UDP socket connected to ``host:port``.
+
+        Raises OSError (socket.gaierror for a name that does not resolve).
+        """
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        if not infos:
+            raise socket.gaierror(f"no address for {host}")
+        family, _, _, _, address = infos[0]
+        _, endpoint = await loop.create_datagram_endpoint(
+            lambda: cls(params, rng=rng),
+            remote_addr=(str(address[0]), int(address[1])),
+            family=family,
+        )
+        return endpoint
+
+    # -- asyncio.DatagramProtocol ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport.
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_all(EndpointClosed("endpoint closed"))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable while the server restarts, for example) are
+        # not final: retransmission goes on and the timeout message names the error.
+        if isinstance(exc, OSError):
+            self.last_error = exc
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        try:
+            msg = coap.decode(data)
+        except coap.MessageFormatError as exc:
+            # §4.2: a malformed CON is rejected with RST; anything else is dropped.
+            if exc.type == Type.CON and exc.mid is not None:
+                self._send_empty(Type.RST, exc.mid)
+            return
+        if msg.code == Code.EMPTY:
+            self._on_empty(msg)
+        elif is_response(msg.code):
+            self._on_response(msg)
+        elif msg.type == Type.CON:
+            self._send_empty(Type.RST, msg.mid)  # we serve no resources
+
+    # -- public ------------------------------------------------------------------
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        if self._transport is None:
+            return None
+        sockname = self._transport.get_extra_info("sockname")
+        return (sockname[0], sockname[1]) if sockname else None
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._by_token)
+
+    async def request(
+        self,
+        code: int,
+        path: str,
+        *,
+        payload: bytes = b"",
+        content_format: int | None = None,
+        accept: int | None = None,
+        confirmable: bool = True,
+        timeout: float | None = None,
+        options: tuple[tuple[int, bytes], ...] = (),
+    ) -> Response:
+        """Send one request and wait for its response.
+
+        ``timeout`` is the overall deadline in seconds (default MAX_TRANSMIT_WAIT).
+        Raises RequestTimeout, ExchangeReset or EndpointClosed.
+        """
+        if self._closed or self._transport is None:
+            raise EndpointClosed("endpoint closed")
+        opts = list(coap.path_to_options(path)) + list(options)
+        if content_format is not None:
+            opts.append((OptionNumber.CONTENT_FORMAT, coap.encode_uint(content_format)))
+        if accept is not None:
+            opts.append((OptionNumber.ACCEPT, coap.encode_uint(accept)))
+        opts.sort(key=lambda item: item[0])  # stable: repeated options keep their order
+        token = self._next_token()
+        mid = self._next_mid()
+        msg = Message(
+            type=Type.CON if confirmable else Type.NON,
+            code=code,
+            mid=mid,
+            token=token,
+            options=tuple(opts),
+            payload=payload,
+        )
+        datagram = coap.encode(msg)
+        loop = asyncio.get_running_loop()
+        params = self.params
+        exchange = _Exchange(
+            token=token,
+            mid=mid,
+            datagram=datagram,
+            confirmable=confirmable,
+            future=loop.create_future(),
+            started=time.monotonic(),
+            next_timeout=params.ack_timeout * self._rng.uniform(1.0, params.ack_random_factor),
+        )
+        self._by_token[token] = exchange
+        self._by_mid[mid] = exchange
+        deadline = params.max_transmit_wait if timeout is None else timeout
+        exchange.deadline_timer = loop.call_later(deadline, self._on_deadline, exchange, deadline)
+        if confirmable:
+            exchange.retransmit_timer = loop.call_later(
+                exchange.next_timeout, self._retransmit, exchange
+            )
+        self._transport.sendto(datagram)
+        try:
+            return await exchange.future
+        finally:
+            # Cancellation by the caller must not leave timers behind.
+            self._forget(exchange)
+
+    def close(self) -> None:
+        """Close the socket; outstanding requests fail with EndpointClosed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_all(EndpointClosed("endpoint closed"))
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- internals ---------------------------------------------------------------
+
+    def _next_mid(self) -> int:
+        for _ in range(0x10000):
+            self._mid = (self._mid + 1) & 0xFFFF
+            if self._mid not in self._by_mid:
+                return self._mid
+        raise RuntimeError("every Message ID is in use")
+
+    def _next_token(self) -> bytes:
+        while True:
+            self._token = (self._token + 1) % (1 << (8 * _TOKEN_BYTES))
+            token = self._token.to_bytes(_TOKEN_BYTES, "big")
+            if token not in self._by_token:
+                return token
+
+    def _send_empty(self, type: Type, mid: int) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(coap.encode(Message(type=type, code=Code.EMPTY, mid=mid)))
+
+    def _retransmit(self, exchange: _Exchange) -> None:
+        exchange.retransmit_timer = None
+        if exchange.future.done() or exchange.acked or self._transport is None:
+            return
+        if exchange.transmissions - 1 >= self.params.max_retransmit:
+            # §4.2: after MAX_RETRANSMIT retransmissions and one more timeout, give up.
+            self._fail(
+                exchange,
+                RequestTimeout(self._timeout_text(exchange, time.monotonic() - exchange.started)),
+            )
+            return
+        exchange.transmissions += 1
+        self.retransmissions += 1
+        self._transport.sendto(exchange.datagram)
+        exchange.next_timeout *= 2
+        exchange.retransmit_timer = asyncio.get_running_loop().call_later(
+            exchange.next_timeout, self._retransmit, exchange
+        )
+
+    def _on_deadline(self, exchange: _Exchange, deadline: float) -> None:
+        exchange.deadline_timer = None
+        if not exchange.future.done():
+            self._fail(exchange, RequestTimeout(self._timeout_text(exchange, deadline)))
+
+    def _timeout_text(self, exchange: _Exchange, waited: float) -> str:
+        what = "no response" if exchange.acked else "no answer"
+        if exchange.acked:
+            what += " after the empty ACK"
+        text = f"{what} within {waited:.1f} s ({exchange.transmissions} transmissions)"
+        if self.last_error is not None and not exchange.acked:
+            text += f"; last error: {self.last_error.strerror or self.last_error}"
+        return text
+
+    def _on_empty(self, msg: Message) -> None:
+        if msg.type == Type.ACK:
+            exchange = self._by_mid.get(msg.mid)
+            if exchange is not None and exchange.confirmable and not exchange.acked:
+                # §5.2.2: the server will answer separately; stop retransmitting.
+                exchange.acked = True
+                if exchange.retransmit_timer is not None:
+                    exchange.retransmit_timer.cancel()
+                    exchange.retransmit_timer = None
+        elif msg.type == Type.RST:
+            exchange = self._by_mid.get(msg.mid)
+            if exchange is not None:
+                self._fail(exchange, ExchangeReset("the server answered with RST"))
+        elif msg.type == Type.CON:
+            self._send_empty(Type.RST, msg.mid)  # §4.3 CoAP ping: answer with RST
+
+    def _on_response(self, msg: Message) -> None:
+        if msg.type == Type.ACK:
+            exchange = self._by_mid.get(msg.mid)
+            if exchange is not None and exchange.token == msg.token:
+                self._complete(exchange, msg, separate=False)
+            return
+        if msg.type == Type.CON:
+            now = time.monotonic()
+            self._prune_seen(now)
+            if msg.mid in self._seen_con:
+                self._send_empty(Type.ACK, msg.mid)  # duplicate: ACK again, deliver once
+                return
+            exchange = self._by_token.get(msg.token)
+            if exchange is None:
+                self._send_empty(Type.RST, msg.mid)  # §5.3.2: unknown token, reject
+                return
+            self._seen_con[msg.mid] = now
+            self._send_empty(Type.ACK, msg.mid)
+            self._complete(exchange, msg, separate=True)
+            return
+        if msg.type == Type.NON:
+            exchange = self._by_token.get(msg.token)
+            if exchange is not None:
+                self._complete(exchange, msg, separate=True)
+
+    def _prune_seen(self, now: float) -> None:
+        horizon = now - self.params.exchange_lifetime
+        while self._seen_con:
+            mid, seen = next(iter(self._seen_con.items()))
+            if seen >= horizon:
+                break
+            del self._seen_con[mid]
+
+    def _complete(self, exchange: _Exchange, msg: Message, *, separate: bool) -> None:
+        if not exchange.future.done():
+            exchange.future.set_result(
+                Response(
+                    message=msg,
+                    rtt=time.monotonic() - exchange.started,
+                    transmissions=exchange.transmissions,
+                    separate=separate,
+                )
+            )
+        self._forget(exchange)
+
+    def _fail(self, exchange: _Exchange, error: RequestError) -> None:
+        if not exchange.future.done():
+            exchange.future.set_exception(error)
+        self._forget(exchange)
+
+    def _forget(self, exchange: _Exchange) -> None:
+        for timer in (exchange.retransmit_timer, exchange.deadline_timer):
+            if timer is not None:
+                timer.cancel()
+        exchange.retransmit_timer = exchange.deadline_timer = None
+        if self._by_token.get(exchange.token) is exchange:
+            del self._by_token[exchange.token]
+        if self._by_mid.get(exchange.mid) is exchange:
+            del self._by_mid[exchange.mid]
+
+    def _fail_all(self, error: RequestError) -> None:
+        for exchange in list(self._by_token.values()):
+            self._fail(exchange, error)
