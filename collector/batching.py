@@ -1,0 +1,156 @@
+"""Batching: many devices' events into few store writes.
+
+`Batcher` is a pure object with no clock (the shape of elasticsearch-py's action
+chunker): `feed` returns a full batch when the count limit is reached, `flush` returns
+whatever is open. `BatchDriver` owns the time: it starts a `batch_ms` timer when the
+first event of a batch arrives, and keeps at most `max_flushes` store writes in flight
+(later batches queue, bounded by the caller's max-pending check). When a write
+returns, every event's result is handed to its waiter, so each request is judged by
+its own events only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from collector.events import Event
+from collector.sinks.base import Outcome, Result, Sink
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    """Collects items; closes a batch at `max_items`. No clock, no I/O."""
+
+    __slots__ = ("_items", "max_items")
+
+    def __init__(self, max_items: int) -> None:
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        self.max_items = max_items
+        self._items: list[T] = []
+
+    def feed(self, item: T) -> list[T] | None:
+        """Add one item; return the batch when this item filled it."""
+        self._items.append(item)
+        if len(self._items) >= self.max_items:
+            batch, self._items = self._items, []
+            return batch
+        return None
+
+    def flush(self) -> list[T] | None:
+        """Close the open batch; None when it is empty."""
+        if not self._items:
+            return None
+        batch, self._items = self._items, []
+        return batch
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# An item is (event, owner, position): the driver tells `on_result(owner, position,
+# result)` when the event's batch is written; `owner` is opaque (the worker's request).
+Item = tuple[Event, Any, int]
+OnResult = Callable[[Any, int, Result], None]
+
+
+class BatchDriver:
+    """Drives a Batcher with a timer and a sink; see the module docstring."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        on_result: OnResult,
+        *,
+        batch_max: int,
+        batch_ms: float,
+        max_flushes: int,
+        on_flushed: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._sink = sink
+        self._on_result = on_result
+        self._batcher: Batcher[Item] = Batcher(batch_max)
+        self._delay = batch_ms / 1000.0
+        self._max_flushes = max_flushes
+        self._timer: asyncio.TimerHandle | None = None
+        self._queued: deque[list[Item]] = deque()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._on_flushed = on_flushed
+        self.pending = 0  # events fed and not yet answered
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, event: Event, owner: Any, position: int) -> None:
+        self.pending += 1
+        self._idle.clear()
+        batch = self._batcher.feed((event, owner, position))
+        if batch is not None:
+            self._cancel_timer()
+            self._submit(batch)
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._delay, self._on_timer)
+
+    def flush(self) -> None:
+        """Close the open batch now (drain)."""
+        self._cancel_timer()
+        batch = self._batcher.flush()
+        if batch is not None:
+            self._submit(batch)
+
+    async def wait_idle(self) -> None:
+        """Return when every event fed so far has its result."""
+        await self._idle.wait()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        batch = self._batcher.flush()
+        if batch is not None:
+            self._submit(batch)
+
+    def _submit(self, batch: list[Item]) -> None:
+        if len(self._in_flight) >= self._max_flushes:
+            self._queued.append(batch)
+            return
+        task = asyncio.get_running_loop().create_task(self._write(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._queued:
+            self._submit(self._queued.popleft())
+
+    async def _write(self, batch: list[Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        events: Sequence[Event] = [item[0] for item in batch]
+        try:
+            results = await self._sink.write(events)
+            if len(results) != len(batch):
+                raise RuntimeError(f"sink returned {len(results)} results for {len(batch)}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a sink bug must not leave devices unanswered
+            failed = Result(Outcome.FAILED, f"store error: {type(exc).__name__}")
+            results = [failed] * len(batch)
+        if self._on_flushed is not None:
+            self._on_flushed(len(batch), loop.time() - started)
+        self.pending -= len(batch)
+        on_result = self._on_result
+        for (_event, owner, position), result in zip(batch, results, strict=True):
+            on_result(owner, position, result)
+        if self.pending == 0:
+            self._idle.set()

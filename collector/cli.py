@@ -1,0 +1,88 @@
+"""`iot-collector`: the command line.
+
+`iot-collector serve` builds the configuration, checks the store once, binds the
+socket group and hands over to the supervisor. Every failure before serving is one
+line on stderr and a non-zero exit code: 2 for configuration, 3 for an unreachable
+store, 4 for a socket that cannot be bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from collector import __version__
+from collector.config import Config, ConfigError, add_serve_arguments, build_config
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iot-collector",
+        description="A CoAP (RFC 7252) collector for IoT device fleets.",
+    )
+    parser.add_argument("--version", action="version", version=f"iot-collector {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="receive events over CoAP/UDP and store them",
+        description="Receive events over CoAP/UDP in worker processes and store them. "
+        "Every flag has an environment twin: COLLECTOR_ + the flag in upper snake case.",
+    )
+    add_serve_arguments(serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_usage(sys.stderr)
+        print("iot-collector: error: a command is required (serve)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = build_config(args, os.environ)
+    except ConfigError as exc:
+        print(f"iot-collector: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return serve(config)
+
+
+def serve(config: Config) -> int:
+    # Multiprocess metrics: the directory must be set before prometheus_client loads.
+    if config.metrics_port:
+        from collector.metrics import prepare_multiproc_dir
+
+        prepare_multiproc_dir()
+    from collector.logs import setup_logging
+    from collector.sinks import StoreUnavailable
+    from collector.supervisor import (
+        EXIT_BIND,
+        EXIT_STORE_UNAVAILABLE,
+        BindError,
+        Supervisor,
+        bind_group,
+        preflight_store,
+    )
+
+    setup_logging(config.log_level)
+    try:
+        preflight_store(config)
+    except StoreUnavailable as exc:
+        print(f"iot-collector: store unavailable: {exc}", file=sys.stderr)
+        return EXIT_STORE_UNAVAILABLE
+    try:
+        socks = bind_group(config.host, config.port, config.workers, config.rcvbuf)
+        supervisor = Supervisor(config, socks)
+        supervisor.install_signal_handlers()
+        return supervisor.run()
+    except BindError as exc:
+        print(f"iot-collector: {exc}", file=sys.stderr)
+        return EXIT_BIND
+
+
+if __name__ == "__main__":
+    sys.exit(main())

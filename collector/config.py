@@ -1,0 +1,229 @@
+"""One frozen, validated configuration, built once from flags and environment.
+
+Every flag has an environment twin, `COLLECTOR_` + the flag in upper snake case
+(`--batch-max` ↔ `COLLECTOR_BATCH_MAX`); a flag given on the command line wins over
+its variable. Bad values end the program with one line and exit code 2, before any
+socket is bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from coap.transmission import ACK_TIMEOUT
+
+SINKS = ("sqlite", "elasticsearch", "null")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SQLITE_SYNCHRONOUS = ("full", "normal")
+
+
+class ConfigError(Exception):
+    """A flag or environment variable has a value the collector cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 5683
+    workers: int = 1
+    rcvbuf: int = 4 * 1024 * 1024
+    sink: str = "sqlite"
+    es_url: str = "http://127.0.0.1:9200"
+    es_index_prefix: str = "iot-events"
+    es_username: str | None = None
+    es_password: str | None = None
+    es_api_key: str | None = None
+    es_ca_certs: str | None = None
+    es_retry_deadline: float = 4.0
+    es_compress: bool = False
+    store_wait: float = 10.0
+    sqlite_path: str = "./data/events.db"
+    sqlite_synchronous: str = "full"
+    batch_max: int = 500
+    batch_ms: float = 5.0
+    max_flushes: int = 4
+    max_pending: int = 20000
+    max_body: int = 16384
+    dedup_capacity: int = 200_000
+    ack_delay: float = 0.5
+    drain_timeout: float = 10.0
+    metrics_port: int = 9100
+    metrics_host: str = "0.0.0.0"
+    log_level: str = "info"
+    access_log: bool = False
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota.
+
+    A container limited to 1.5 CPUs on a 16-core node must not start 16 workers that
+    then fight over 1.5 CPUs of quota; the quota is rounded up.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+            q = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+            p = int(f.read())
+        return None if q <= 0 else q / p
+    except (OSError, ValueError):
+        return None
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be 0..65535")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError("must be a finite number >= 0")
+    return value
+
+
+# flag name, converter, help; `choices` where the set is closed.
+_FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
+    ("host", str, "address to bind; '::' is dual-stack IPv6+IPv4", None),
+    ("port", _port, "UDP port (0: any free port)", None),
+    (
+        "workers",
+        _positive_int,
+        "worker processes (default: usable CPUs, cgroup quota included)",
+        None,
+    ),
+    (
+        "rcvbuf",
+        _positive_int,
+        "socket receive buffer bytes per worker (SO_RCVBUFFORCE when root)",
+        None,
+    ),
+    ("sink", str, "where events go", SINKS),
+    ("es-url", str, "Elasticsearch URL", None),
+    ("es-index-prefix", str, "index name prefix; indices are <prefix>-YYYY.MM.DD", None),
+    ("es-username", str, "Elasticsearch basic-auth user", None),
+    ("es-password", str, "Elasticsearch basic-auth password", None),
+    ("es-api-key", str, "Elasticsearch API key", None),
+    ("es-ca-certs", str, "CA bundle for Elasticsearch TLS", None),
+    ("es-retry-deadline", _nonneg_float, "seconds to retry 429/5xx bulk items before 5.03", None),
+    ("es-compress", _bool, "gzip bulk request bodies", None),
+    ("store-wait", _nonneg_float, "seconds to wait for the store at start-up", None),
+    ("sqlite-path", str, "database file of the sqlite sink", None),
+    (
+        "sqlite-synchronous",
+        str,
+        "full: an ack survives power loss; normal: an ack survives a crash of the collector",
+        SQLITE_SYNCHRONOUS,
+    ),
+    ("batch-max", _positive_int, "events per store write", None),
+    ("batch-ms", _nonneg_float, "milliseconds a batch waits for more events", None),
+    ("max-flushes", _positive_int, "store writes in flight per worker", None),
+    ("max-pending", _positive_int, "events waiting per worker before 5.03", None),
+    ("max-body", _positive_int, "largest request body in bytes (4.13 above)", None),
+    (
+        "dedup-capacity",
+        _positive_int,
+        "exchanges remembered per worker for duplicate detection",
+        None,
+    ),
+    ("ack-delay", _nonneg_float, "seconds before an empty ACK and a separate response", None),
+    ("drain-timeout", _nonneg_float, "seconds a worker may take to drain on SIGTERM", None),
+    ("metrics-port", _port, "HTTP port for /metrics /healthz /readyz (0: off)", None),
+    ("metrics-host", str, "address of the metrics HTTP endpoint", None),
+    ("log-level", str, "log level", LOG_LEVELS),
+    ("access-log", _bool, "log every request (slow: for debugging)", None),
+]
+_BOOL_FLAGS = {"es-compress", "access-log"}
+
+
+def env_name(flag: str) -> str:
+    return "COLLECTOR_" + flag.upper().replace("-", "_")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    for flag, _conv, help_text, choices in _FLAGS:
+        kwargs: dict[str, Any] = {"help": f"{help_text} [env {env_name(flag)}]", "default": None}
+        if flag in _BOOL_FLAGS:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = flag.split("-")[-1].upper()
+            if choices:
+                kwargs["choices"] = choices
+                kwargs["metavar"] = "|".join(choices)
+        parser.add_argument(f"--{flag}", **kwargs)
+
+
+def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    """Merge flags (first) and COLLECTOR_* variables (then) over the defaults.
+
+    Raises ConfigError with one line naming the flag or variable at fault.
+    """
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Config)}
+    for flag, conv, _help, choices in _FLAGS:
+        attr = flag.replace("-", "_")
+        assert attr in known, attr
+        given = getattr(args, attr, None)
+        source = f"--{flag}"
+        if given is None and env_name(flag) in environ:
+            given = environ[env_name(flag)]
+            source = env_name(flag)
+        if given is None:
+            continue
+        try:
+            value = given if isinstance(given, bool) else conv(str(given))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if choices and value not in choices:
+            raise ConfigError(f"{source}: {value!r} is not one of {', '.join(choices)}")
+        values[attr] = value
+    if "workers" not in values:
+        values["workers"] = usable_cpus()
+    config = Config(**values)
+    if config.ack_delay >= ACK_TIMEOUT:
+        raise ConfigError(
+            f"--ack-delay {config.ack_delay} must be well under ACK_TIMEOUT ({ACK_TIMEOUT} s), "
+            "or clients retransmit before the empty ACK"
+        )
+    if config.es_api_key and config.es_username:
+        raise ConfigError("--es-api-key and --es-username exclude each other")
+    return config

@@ -1,0 +1,226 @@
+"""Prometheus metrics, multiprocess mode, fed without touching the hot path.
+
+Naming scheme: `iot_collector_<noun>[_<unit>]_total` for counters, base units
+(seconds, events), and bounded label sets only: method and path come from closed
+sets (anything else is "other"), code is the dotted response code.
+
+prometheus-client's multiprocess values write to an mmap'd file on every update,
+which costs more than a whole CoAP request does here. So a worker counts in plain
+Python ints and local histogram buckets (`WorkerStats`) and `publish()` moves the
+deltas into the Prometheus objects once a second. The supervisor sets and wipes
+`PROMETHEUS_MULTIPROC_DIR` before any worker starts, marks dead workers, and serves
+the merged view.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import shutil
+import tempfile
+from collections import Counter as Tally
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+def prepare_multiproc_dir() -> str:
+    """Set PROMETHEUS_MULTIPROC_DIR (a fresh temp dir unless given) and wipe it.
+
+    Must run before prometheus_client is imported anywhere in this process tree.
+    """
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        path = tempfile.mkdtemp(prefix="iot-collector-metrics-")
+        os.environ[MULTIPROC_ENV] = path
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            os.unlink(full)
+    return path
+
+
+class LocalHistogram:
+    """Bucket counts kept in a list; published as deltas."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def take(self) -> tuple[list[int], float]:
+        counts, total = self.counts, self.total
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        return counts, total
+
+
+class WorkerStats:
+    """A worker's counters between two publishes. Plain attributes: cheap to bump."""
+
+    def __init__(self) -> None:
+        self.requests: Tally[tuple[str, str, str]] = Tally()
+        self.events_stored = 0
+        self.events_duplicate = 0
+        self.events_rejected = 0
+        self.events_failed = 0
+        self.malformed = 0
+        self.duplicates = 0
+        self.overloaded = 0
+        self.retransmissions = 0
+        self.latency = LocalHistogram(LATENCY_BUCKETS)
+        self.flush_seconds = LocalHistogram(LATENCY_BUCKETS)
+        self.batch_size = LocalHistogram(tuple(float(b) for b in BATCH_BUCKETS))
+
+
+class PrometheusMetrics:
+    """The Prometheus objects of one process. Create after fork, in the worker."""
+
+    def __init__(self, worker: int) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.worker = str(worker)
+        self.requests = Counter(
+            "iot_collector_requests",
+            "CoAP requests answered, by method, path and response code",
+            ["method", "path", "code"],
+            registry=None,
+        )
+        self.events = Counter(
+            "iot_collector_events",
+            "Events by outcome: stored, duplicate (already stored), rejected, failed",
+            ["outcome"],
+            registry=None,
+        )
+        self.events_stored = Counter(
+            "iot_collector_events_stored", "Events stored (new documents)", registry=None
+        )
+        self.events_rejected = Counter(
+            "iot_collector_events_rejected", "Events the store rejected", registry=None
+        )
+        self.malformed = Counter(
+            "iot_collector_malformed_datagrams", "Datagrams that are not CoAP", registry=None
+        )
+        self.duplicates = Counter(
+            "iot_collector_duplicates",
+            "Duplicate requests absorbed or answered from the exchange cache",
+            registry=None,
+        )
+        self.overloaded = Counter(
+            "iot_collector_overload_rejections",
+            "Requests answered 5.03 because max-pending events were waiting",
+            registry=None,
+        )
+        self.retransmissions = Counter(
+            "iot_collector_retransmissions",
+            "Separate CON responses sent again for want of an ACK",
+            registry=None,
+        )
+        self.latency = Histogram(
+            "iot_collector_request_duration_seconds",
+            "Datagram in to response out",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.flush_seconds = Histogram(
+            "iot_collector_flush_duration_seconds",
+            "Duration of one store write",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.batch_size = Histogram(
+            "iot_collector_batch_size_events",
+            "Events per store write",
+            buckets=BATCH_BUCKETS,
+            registry=None,
+        )
+        self.pending = Gauge(
+            "iot_collector_pending_events",
+            "Events waiting for the store",
+            ["worker"],
+            multiprocess_mode="livesum",
+            registry=None,
+        )
+        self.store_up = Gauge(
+            "iot_collector_store_up",
+            "1 when the worker's store accepts writes",
+            ["worker"],
+            multiprocess_mode="livemin",
+            registry=None,
+        )
+
+    def publish(self, stats: WorkerStats, pending: int, store_up: bool) -> None:
+        for labels, count in stats.requests.items():
+            self.requests.labels(*labels).inc(count)
+        stats.requests.clear()
+        for outcome, attr in (
+            ("stored", "events_stored"),
+            ("duplicate", "events_duplicate"),
+            ("rejected", "events_rejected"),
+            ("failed", "events_failed"),
+        ):
+            count = getattr(stats, attr)
+            if count:
+                self.events.labels(outcome).inc(count)
+                setattr(stats, attr, 0)
+                if outcome == "stored":
+                    self.events_stored.inc(count)
+                elif outcome == "rejected":
+                    self.events_rejected.inc(count)
+        for attr in ("malformed", "duplicates", "overloaded", "retransmissions"):
+            count = getattr(stats, attr)
+            if count:
+                getattr(self, attr).inc(count)
+                setattr(stats, attr, 0)
+        for attr in ("latency", "flush_seconds", "batch_size"):
+            _add_histogram(getattr(self, attr), getattr(stats, attr))
+        self.pending.labels(self.worker).set(pending)
+        self.store_up.labels(self.worker).set(1 if store_up else 0)
+
+
+def _add_histogram(histogram: object, local: LocalHistogram) -> None:
+    """Add local bucket counts to a prometheus Histogram.
+
+    prometheus-client has no public bulk-observe; its per-bucket values are
+    `_buckets[i]` (non-cumulative, the exposition sums them) and `_sum`. The metrics
+    tests pin this against a scrape, so a client change that breaks it fails loudly.
+    """
+    counts, total = local.take()
+    if not any(counts):
+        return
+    buckets = histogram._buckets  # type: ignore[attr-defined]
+    for i, count in enumerate(counts):
+        if count:
+            buckets[i].inc(count)
+    histogram._sum.inc(total)  # type: ignore[attr-defined]
+
+
+class SupervisorMetrics:
+    def __init__(self) -> None:
+        from prometheus_client import Counter
+
+        self.restarts = Counter(
+            "iot_collector_worker_restarts", "Workers restarted after dying", registry=None
+        )
+
+
+def render_metrics() -> tuple[bytes, str]:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,367 @@
+"""The supervisor: binds the socket group, forks workers, restarts them, drains them.
+
+It binds every worker's SO_REUSEPORT socket before forking and keeps them all open
+for its whole life. The kernel spreads flows by hashing over the group's open
+sockets, so a worker that dies and is replaced neither loses the datagrams queued on
+its socket nor moves other devices' flows onto workers lacking their dedup state.
+
+The supervisor runs no threads (forking a threaded process is unsafe) and no asyncio:
+one `select` loop over a signal wake-up pipe and the metrics HTTP socket. Signal
+handlers only record the signal; the loop acts on it (uvicorn's shape). Shutdown has
+two stages: SIGTERM/SIGINT asks every worker to drain within `--drain-timeout`; a
+second signal, or the timeout, kills them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from collector.config import Config
+from collector.metrics import SupervisorMetrics
+from collector.status import SERVING, StatusBoard
+
+log = logging.getLogger("collector.supervisor")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_STORE_UNAVAILABLE = 3
+EXIT_BIND = 4
+
+RESTART_BACKOFF_MAX = 5.0  # seconds between restarts of a worker that keeps dying
+STABLE_AFTER = 10.0  # a worker that lived this long restarts without delay
+KILL_GRACE = 1.0  # seconds past the drain timeout before SIGKILL
+
+
+class BindError(Exception):
+    pass
+
+
+class _MetricsServer(HTTPServer):
+    """HTTPServer driven by the supervisor's select loop: one request per readiness."""
+
+    def handle_ready(self) -> None:
+        self._handle_request_noblock()  # type: ignore[attr-defined]
+
+
+def bind_group(host: str, port: int, count: int, rcvbuf: int) -> list[socket.socket]:
+    """Bind `count` UDP sockets of one SO_REUSEPORT group on (host, port).
+
+    `host` '::' gives dual-stack sockets (IPv6 and IPv4-mapped). The receive buffer is
+    set with SO_RCVBUFFORCE when permitted (root/CAP_NET_ADMIN), since plain SO_RCVBUF
+    is capped by net.core.rmem_max. Raises BindError with one line.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    family, _type, _proto, _canon, address = infos[0]
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), rcvbuf)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.bind(address)
+            if address[1] == 0:  # port 0: the first socket picks, the rest join it
+                address = (address[0], sock.getsockname()[1], *address[2:])
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise BindError(f"cannot bind udp {host}:{port}: {exc.strerror or exc}") from None
+    return socks
+
+
+def preflight_store(config: Config) -> None:
+    """Check the store once before forking, so a dead store is one clear line, not N.
+
+    Installs schemas/templates as a side effect (idempotent). Raises StoreUnavailable.
+    """
+    from collector.sinks import make_sink
+
+    async def check() -> None:
+        sink = make_sink(config, 0)
+        try:
+            await sink.start()
+        finally:
+            await sink.close()
+
+    asyncio.run(check())
+
+
+class Supervisor:
+    """Forks and watches the workers. `signals` may be injected (tests)."""
+
+    def __init__(
+        self,
+        config: Config,
+        socks: list[socket.socket],
+        *,
+        signals: queue.SimpleQueue[int] | None = None,
+        worker_main: Callable[[int, socket.socket, Config, StatusBoard], int] | None = None,
+    ) -> None:
+        self.config = config
+        self.socks = socks
+        self.status = StatusBoard(config.workers)
+        self.signals: queue.SimpleQueue[int] = (
+            signals if signals is not None else queue.SimpleQueue()
+        )
+        self._worker_main = worker_main
+        self.pids: dict[int, int] = {}  # pid -> worker index
+        self._started: dict[int, float] = {}  # worker index -> start time
+        self._failures: dict[int, int] = {}  # worker index -> quick deaths in a row
+        self._restart_at: dict[int, float] = {}
+        self._stopping_since: float | None = None
+        self._forced = False
+        self._exit_codes: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._http: _MetricsServer | None = None
+        self._metrics: SupervisorMetrics | None = None
+
+    # -- signals -----------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def record(signum: int, _frame: object) -> None:
+            self.signals.put(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, record)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    # -- workers -----------------------------------------------------------------------
+
+    def spawn(self, index: int) -> int:
+        pid = os.fork()
+        if pid == 0:  # the worker process
+            code = EXIT_FAILED
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                if self._http is not None:
+                    self._http.socket.close()
+                for i, sock in enumerate(self.socks):
+                    if i != index:
+                        sock.close()
+                if self._worker_main is not None:
+                    code = self._worker_main(index, self.socks[index], self.config, self.status)
+                else:
+                    from collector.worker import serve_forever
+
+                    code = serve_forever(index, self.socks[index], self.config, self.status)
+            except BaseException:
+                log.exception("worker crashed", extra={"worker": index})
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.pids[pid] = index
+        self._started[index] = time.monotonic()
+        return pid
+
+    def _reap(self) -> None:
+        while self.pids:
+            try:
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            index = self.pids.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(wstatus)
+            self._mark_dead(pid)
+            self.status.set(index, 0)
+            if self._stopping_since is not None:
+                self._exit_codes.append(code)
+                continue
+            lived = time.monotonic() - self._started.get(index, 0.0)
+            failures = 0 if lived >= STABLE_AFTER else self._failures.get(index, 0) + 1
+            self._failures[index] = failures
+            delay = 0.0 if failures <= 1 else min(RESTART_BACKOFF_MAX, 0.1 * 2 ** (failures - 1))
+            self._restart_at[index] = time.monotonic() + delay
+            log.warning(
+                "worker died; restarting",
+                extra={"worker": index, "pid": pid, "exit": code, "restart_in_s": delay},
+            )
+            if self._metrics is not None:
+                self._metrics.restarts.inc()
+
+    def _mark_dead(self, pid: int) -> None:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for index, due in list(self._restart_at.items()):
+            if due <= now:
+                del self._restart_at[index]
+                self.spawn(index)
+
+    # -- HTTP: /metrics /healthz /readyz ----------------------------------------------
+
+    def ready(self) -> bool:
+        return len(self.pids) == self.config.workers and self.status.all(SERVING)
+
+    def _start_http(self) -> None:
+        if not self.config.metrics_port:
+            return
+        supervisor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 2.0
+
+            def do_GET(self) -> None:
+                if self.path == "/healthz":
+                    self._reply(200, b"ok\n", "text/plain")
+                elif self.path == "/readyz":
+                    ok = supervisor.ready() and supervisor._stopping_since is None
+                    self._reply(
+                        200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain"
+                    )
+                elif self.path == "/metrics":
+                    from collector.metrics import render_metrics
+
+                    body, ctype = render_metrics()
+                    self._reply(200, body, ctype)
+                else:
+                    self._reply(404, b"not found\n", "text/plain")
+
+            def _reply(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        class Server(_MetricsServer):
+            address_family = socket.AF_INET6 if ":" in self.config.metrics_host else socket.AF_INET
+
+        try:
+            self._http = Server((self.config.metrics_host, self.config.metrics_port), Handler)
+        except OSError as exc:
+            raise BindError(
+                f"cannot bind metrics tcp {self.config.metrics_host}:{self.config.metrics_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the workers and supervise until they have all exited."""
+        self._start_http()
+        if self.config.metrics_port:
+            self._metrics = SupervisorMetrics()
+        for index in range(self.config.workers):
+            self.spawn(index)
+        announced = False
+        while self.pids or (self._restart_at and self._stopping_since is None):
+            fds: list[int] = [self._wake_r]
+            if self._http is not None:
+                fds.append(self._http.fileno())
+            try:
+                readable, _, _ = select.select(fds, [], [], 0.1)
+            except InterruptedError:
+                readable = []
+            if self._wake_r in readable:
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            if self._http is not None and self._http.fileno() in readable:
+                self._http.handle_ready()
+            self._handle_signals()
+            self._reap()
+            if self._stopping_since is None:
+                self._restart_due()
+                if not announced and self.ready():
+                    announced = True
+                    host, port = self.socks[0].getsockname()[:2]
+                    log.info(
+                        "serving",
+                        extra={
+                            "host": host,
+                            "port": port,
+                            "workers": self.config.workers,
+                            "sink": self.config.sink,
+                        },
+                    )
+            elif not self._forced and (
+                time.monotonic() - self._stopping_since > self.config.drain_timeout + KILL_GRACE
+            ):
+                log.error("drain timeout exceeded; killing workers")
+                self._kill_all()
+        return self._finish()
+
+    def _handle_signals(self) -> None:
+        while True:
+            try:
+                signum = self.signals.get_nowait()
+            except queue.Empty:
+                return
+            if signum == signal.SIGCHLD:
+                continue
+            if self._stopping_since is None:
+                self._stopping_since = time.monotonic()
+                log.info("draining", extra={"signal": signal.Signals(signum).name})
+                self._restart_at.clear()
+                for pid in list(self.pids):
+                    self._signal(pid, signal.SIGTERM)
+            else:
+                log.warning("second signal: forcing exit")
+                self._kill_all()
+
+    def _kill_all(self) -> None:
+        self._forced = True
+        for pid in list(self.pids):
+            self._signal(pid, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _finish(self) -> int:
+        if self._http is not None:
+            self._http.server_close()
+        for sock in self.socks:
+            sock.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self._forced:
+            print("iot-collector: workers killed before they finished draining", file=sys.stderr)
+            return EXIT_FAILED
+        bad = [code for code in self._exit_codes if code != 0]
+        if bad:
+            print(f"iot-collector: {len(bad)} worker(s) did not drain cleanly", file=sys.stderr)
+            return EXIT_FAILED
+        log.info("stopped")
+        return EXIT_OK

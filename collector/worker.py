@@ -1,0 +1,501 @@
+"""A worker: one SO_REUSEPORT socket, one uvloop loop, one sink.
+
+The worker reads its socket itself from a reader callback (up to READ_BURST datagrams
+per wake-up, so timers and flushes still run under load) and answers with plain
+`sendto`: no transport object, no per-datagram allocation beyond the message itself.
+Each POST's events go to the batch driver; when the last of them has its result, the
+request is answered, piggybacked in the ACK if that is still possible, else as a
+separate CON response. The worker never logs per datagram and never dies of one: the
+codec raises only its format error, and everything after decoding is guarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+
+import coap
+from coap import MessageFormatError, decode
+from collector import resources
+from collector.batching import BatchDriver
+from collector.config import Config
+from collector.events import DEFAULT_LIMITS, EventError, Limits, decode_events
+from collector.exchange import (
+    MAX_AGE_OVERLOADED,
+    MAX_AGE_STORE_DOWN,
+    ExchangeLayer,
+    Peer,
+    Request,
+    build_response,
+    empty,
+    header,
+)
+from collector.metrics import PrometheusMetrics, WorkerStats
+from collector.sinks import Outcome, Result, StoreUnavailable, make_sink
+from collector.status import DRAINING, SERVING, STOPPED, STORE_DOWN, StatusBoard
+
+log = logging.getLogger("collector.worker")
+
+EXIT_OK = 0
+EXIT_DRAIN_INCOMPLETE = 1
+EXIT_STORE_UNAVAILABLE = 3
+
+READ_BURST = 256  # datagrams per reader wake-up before yielding to timers
+MAX_DATAGRAM = 65536  # read whole datagrams: an oversized body gets 4.13, not 4.00
+TICK = 0.01  # seconds between exchange-timer sweeps
+PUBLISH_EVERY = 1.0  # seconds between metric publishes and store probes
+
+_CON, _NON, _ACK, _RST = 0, 1, 2, 3
+_CREATED = int(coap.Code.CREATED)
+_CONTENT = int(coap.Code.CONTENT)
+_SIZE1 = int(coap.OptionNumber.SIZE1)
+_MAX_AGE = int(coap.OptionNumber.MAX_AGE)
+_CONTENT_FORMAT = int(coap.OptionNumber.CONTENT_FORMAT)
+_BLOCK1 = int(coap.OptionNumber.BLOCK1)
+_ACCEPT = int(coap.OptionNumber.ACCEPT)
+_EVENT_FORMATS = frozenset(int(f) for f in resources.EVENT_FORMATS)
+_CODE_LABELS: dict[int, str] = {}
+
+
+def _code_label(code: int) -> str:
+    label = _CODE_LABELS.get(code)
+    if label is None:
+        label = _CODE_LABELS[code] = coap.code_str(code)
+    return label
+
+
+def _source(peer: Peer) -> str:
+    host = peer[0]
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        index: int,
+        sock: socket.socket,
+        config: Config,
+        status: StatusBoard | None = None,
+        *,
+        metrics: bool = True,
+    ) -> None:
+        self.index = index
+        self.sock = sock
+        self.config = config
+        self.status = status
+        self.stats = WorkerStats()
+        self.sink = make_sink(config, index)
+        self.limits = Limits(max_body=config.max_body) if config.max_body else DEFAULT_LIMITS
+        self.exchange = ExchangeLayer(
+            self._send, capacity=config.dedup_capacity, ack_delay=config.ack_delay
+        )
+        self.driver = BatchDriver(
+            self.sink,
+            self._on_result,
+            batch_max=config.batch_max,
+            batch_ms=config.batch_ms,
+            max_flushes=config.max_flushes,
+            on_flushed=self._on_flushed,
+        )
+        self.store_up = True
+        self.stopping = False
+        self._with_metrics = metrics
+        self._metrics: PrometheusMetrics | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._access = log.info if config.access_log else None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _set_status(self, state: int) -> None:
+        if self.status is not None:
+            self.status.set(self.index, state)
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or `stop()`), then drain. Returns the exit code."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.sink.start()
+        except StoreUnavailable as exc:
+            log.error("store unavailable", extra={"worker": self.index, "reason": str(exc)})
+            return EXIT_STORE_UNAVAILABLE
+        if self._with_metrics:
+            self._metrics = PrometheusMetrics(self.index)
+        fd = self.sock.fileno()
+        loop.add_reader(fd, self._on_readable)
+        self._set_status(SERVING)
+        log.debug("worker serving", extra={"worker": self.index})
+        ticker = loop.create_task(self._tick_loop())
+        await self._stop.wait()
+        self.stopping = True
+        loop.remove_reader(fd)
+        self._set_status(DRAINING)
+        code = await self._drain(loop)
+        ticker.cancel()
+        self._publish()
+        await self.sink.close()
+        self._set_status(STOPPED)
+        return code
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> int:
+        """Flush, answer everything held, give separate responses a chance to be ACKed."""
+        deadline = loop.time() + self.config.drain_timeout
+        self.driver.flush()
+        try:
+            await asyncio.wait_for(self.driver.wait_idle(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            log.warning(
+                "drain timed out",
+                extra={"worker": self.index, "pending_events": self.driver.pending},
+            )
+            return EXIT_DRAIN_INCOMPLETE
+        while self.exchange.outgoing and loop.time() < deadline:
+            await asyncio.sleep(TICK)
+        return EXIT_OK
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_publish = loop.time() + PUBLISH_EVERY
+        while True:
+            await asyncio.sleep(TICK)
+            now = loop.time()
+            self.exchange.tick(now)
+            if now >= next_publish:
+                next_publish = now + PUBLISH_EVERY
+                try:
+                    up = await self.sink.healthy()
+                except Exception:
+                    up = False
+                if up != self.store_up:
+                    self.store_up = up
+                    log.warning("store up" if up else "store down", extra={"worker": self.index})
+                if not self.stopping:
+                    self._set_status(SERVING if up else STORE_DOWN)
+                self._publish()
+
+    def _publish(self) -> None:
+        stats = self.stats
+        stats.retransmissions += self.exchange.retransmitted
+        self.exchange.retransmitted = 0
+        if self._metrics is not None:
+            self._metrics.publish(stats, self.driver.pending, self.store_up)
+
+    # -- the hot path ------------------------------------------------------------------
+
+    def _send(self, data: bytes, peer: Peer) -> None:
+        try:
+            self.sock.sendto(data, peer)
+        except OSError:  # full send buffer or unreachable peer: UDP, the peer retries
+            pass
+
+    def _on_readable(self) -> None:
+        recv = self.sock.recvfrom
+        handle = self._handle
+        assert self._loop is not None
+        now = self._loop.time()
+        wall_ms = int(time.time() * 1000)
+        for _ in range(READ_BURST):
+            try:
+                data, peer = recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                handle(data, peer, now, wall_ms)
+            except Exception:  # a bug must cost one datagram, never the worker
+                log.exception("datagram handling failed", extra={"worker": self.index})
+
+    def _handle(self, data: bytes, peer: Peer, now: float, wall_ms: int) -> None:
+        try:
+            msg = decode(data)
+        except MessageFormatError as exc:
+            self.stats.malformed += 1
+            # RFC 7252 §4.2: a CON that cannot be processed is rejected with RST;
+            # §4.3: anything else malformed is silently ignored.
+            if exc.type == _CON and exc.mid is not None:
+                self._send(empty(_RST, exc.mid), peer)
+            return
+        mtype = msg.type
+        if mtype >= _ACK:
+            self.exchange.on_ack(peer, msg.mid)
+            return
+        code = msg.code
+        if code == 0 or code >= 32:
+            # An empty CON is a ping (§4.3): RST. A response sent to us as a request,
+            # or an empty NON, is not ours to process: RST the CON, ignore the NON.
+            if mtype == _CON:
+                self._send(empty(_RST, msg.mid), peer)
+            return
+        if self.exchange.duplicate(peer, msg.mid):
+            self.stats.duplicates += 1
+            return
+        self._request(msg, peer, len(data), now, wall_ms)
+
+    def _request(self, msg: coap.Message, peer: Peer, size: int, now: float, wall_ms: int) -> None:
+        segments = msg.uri_path
+        route = resources.ROUTES.get(segments)
+        bad = msg.unrecognized_critical()
+        if bad is not None:
+            self._reply(
+                msg, peer, size, now, coap.Code.BAD_OPTION, f"unrecognized critical option {bad}"
+            )
+            return
+        if route is None:
+            self._reply(msg, peer, size, now, coap.Code.NOT_FOUND, "not found")
+            return
+        name, method = route
+        if msg.code != method:
+            self._reply(
+                msg, peer, size, now, coap.Code.METHOD_NOT_ALLOWED, f"use {coap.Code(method).name}"
+            )
+            return
+        if name is resources.EVENTS:
+            self._post_events(msg, peer, size, now, wall_ms)
+        elif name is resources.HEALTH:
+            healthy = self.store_up and not self.stopping
+            budget = size - (4 + len(msg.token) + 3 + 1)  # header, token, CF option, marker
+            fmt, body = resources.health_body(healthy, msg.uint_option(_ACCEPT), budget)
+            code = coap.Code.CONTENT if healthy else coap.Code.SERVICE_UNAVAILABLE
+            options = ((_CONTENT_FORMAT, coap.encode_uint(fmt)),) if body else ()
+            if not healthy:
+                options = ((_MAX_AGE, coap.encode_uint(MAX_AGE_STORE_DOWN)), *options)
+            self._reply(msg, peer, size, now, code, options=options, payload=body)
+        else:  # /.well-known/core: the one response allowed to exceed its request
+            self._reply(
+                msg,
+                peer,
+                size,
+                now,
+                _CONTENT,
+                options=((_CONTENT_FORMAT, coap.encode_uint(coap.ContentFormat.LINK_FORMAT)),),
+                payload=resources.WELL_KNOWN_CORE,
+                limit=None,
+            )
+
+    def _post_events(
+        self, msg: coap.Message, peer: Peer, size: int, now: float, wall_ms: int
+    ) -> None:
+        fmt = msg.content_format
+        if fmt is not None and fmt not in _EVENT_FORMATS:
+            self._reply(
+                msg,
+                peer,
+                size,
+                now,
+                coap.Code.UNSUPPORTED_CONTENT_FORMAT,
+                f"content format {fmt} not supported; use 50, 60, 110 or 112",
+            )
+            return
+        payload = msg.payload
+        max_body = self.limits.max_body
+        block1 = msg.option(_BLOCK1)
+        if len(payload) > max_body or (block1 is not None and _block_continues(block1)):
+            # RFC 7252 §5.9.2.9 / RFC 7959 §2.9.3: 4.13 with Size1, the largest body taken.
+            self._reply(
+                msg,
+                peer,
+                size,
+                now,
+                coap.Code.REQUEST_ENTITY_TOO_LARGE,
+                f"body over {max_body} bytes"
+                if block1 is None
+                else "block-wise transfer not supported",
+                options=((_SIZE1, coap.encode_uint(max_body)),),
+            )
+            return
+        try:
+            events = decode_events(
+                payload,
+                fmt,
+                source=_source(peer),
+                mid=msg.mid,
+                received_ms=wall_ms,
+                worker=self.index,
+                limits=self.limits,
+            )
+        except EventError as exc:
+            self._reply(msg, peer, size, now, exc.code, str(exc))
+            return
+        driver = self.driver
+        if driver.pending + len(events) > self.config.max_pending:
+            self.stats.overloaded += 1
+            self._reply(
+                msg,
+                peer,
+                size,
+                now,
+                coap.Code.SERVICE_UNAVAILABLE,
+                "overloaded",
+                options=((_MAX_AGE, coap.encode_uint(MAX_AGE_OVERLOADED)),),
+            )
+            return
+        request = Request(peer, msg.mid, msg.token, msg.type, size, now)
+        request.remaining = len(events)
+        exchange = self.exchange
+        exchange.remember(request.key, now, request)
+        if msg.type == _CON:
+            exchange.track(request)
+        add = driver.add
+        for position, event in enumerate(events):
+            add(event, request, position)
+
+    def _on_result(self, request: Request, position: int, result: Result) -> None:
+        outcome = result.outcome
+        stats = self.stats
+        if outcome is Outcome.STORED:
+            stats.events_stored += 1
+        elif outcome is Outcome.DUPLICATE:
+            stats.events_duplicate += 1
+        elif outcome is Outcome.REJECTED:
+            stats.events_rejected += 1
+            if not request.rejection:
+                request.rejection = (
+                    f"event[{position}]: {result.reason}" if position else result.reason
+                )
+        else:
+            stats.events_failed += 1
+            if not request.failure:
+                request.failure = result.reason or "store unavailable"
+        request.remaining -= 1
+        if request.remaining == 0:
+            self._complete(request)
+
+    def _complete(self, request: Request) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        options: tuple[tuple[int, bytes], ...] = ()
+        if request.rejection:
+            code, diagnostic = int(coap.Code.BAD_REQUEST), request.rejection
+        elif request.failure:
+            code, diagnostic = int(coap.Code.SERVICE_UNAVAILABLE), request.failure
+            options = ((_MAX_AGE, coap.encode_uint(MAX_AGE_STORE_DOWN)),)
+        else:
+            code, diagnostic = _CREATED, ""
+        peer, token = request.peer, request.token
+        if request.separate:
+            # The empty ACK went out already: the answer is a CON of its own (§5.2.2).
+            def data_for(mid: int) -> bytes:
+                return build_response(
+                    _CON,
+                    mid,
+                    token,
+                    code,
+                    options=options,
+                    diagnostic=diagnostic,
+                    limit=request.size,
+                )
+
+            self.exchange.send_confirmable(peer, data_for, now)
+            self.exchange.answered(request.key, empty(_ACK, request.mid))
+        else:
+            if request.type == _CON:
+                rtype, mid = _ACK, request.mid
+            else:
+                rtype, mid = _NON, self.exchange.next_mid()
+            if code == _CREATED:
+                data = header(rtype, code, mid, token)
+            else:
+                data = build_response(
+                    rtype,
+                    mid,
+                    token,
+                    code,
+                    options=options,
+                    diagnostic=diagnostic,
+                    limit=request.size,
+                )
+            self._send(data, peer)
+            self.exchange.answered(request.key, data)
+        stats = self.stats
+        stats.requests["POST", "/events", _code_label(code)] += 1
+        stats.latency.observe(now - request.received)
+        if self._access is not None:
+            self._access(
+                "request",
+                extra={"peer": _source(peer), "mid": request.mid, "code": _code_label(code)},
+            )
+
+    def _reply(
+        self,
+        msg: coap.Message,
+        peer: Peer,
+        size: int,
+        now: float,
+        code: int,
+        diagnostic: str = "",
+        *,
+        options: tuple[tuple[int, bytes], ...] = (),
+        payload: bytes = b"",
+        limit: int | None = -1,
+    ) -> None:
+        """Answer at once (no store involved): piggybacked for CON, NON for NON."""
+        if msg.type == _CON:
+            rtype, mid = _ACK, msg.mid
+        else:
+            rtype, mid = _NON, self.exchange.next_mid()
+        data = build_response(
+            rtype,
+            mid,
+            msg.token,
+            code,
+            options=options,
+            payload=payload,
+            diagnostic=diagnostic,
+            limit=size if limit == -1 else limit,
+        )
+        self._send(data, peer)
+        self.exchange.remember((peer, msg.mid), now, data)
+        stats = self.stats
+        stats.requests[
+            resources.METHOD_LABELS.get(msg.code, "other"),
+            resources.PATH_LABELS.get(msg.uri_path, "other"),
+            _code_label(code),
+        ] += 1
+        stats.latency.observe(0.0)
+        if self._access is not None:
+            self._access(
+                "request",
+                extra={"peer": _source(peer), "mid": msg.mid, "code": _code_label(code)},
+            )
+
+    def _on_flushed(self, count: int, seconds: float) -> None:
+        self.stats.batch_size.observe(float(count))
+        self.stats.flush_seconds.observe(seconds)
+
+
+def _block_continues(value: bytes) -> bool:
+    """True unless a Block1 value says "block 0, no more": the only one we take whole."""
+    try:
+        block = coap.Block.decode(value)
+    except coap.CoapError:
+        return True
+    return block.num != 0 or block.more
+
+
+def serve_forever(
+    index: int, sock: socket.socket, config: Config, status: StatusBoard | None
+) -> int:
+    """Run one worker on a fresh uvloop loop (the worker process's main)."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        worker = Worker(index, sock, config, status)
+        return loop.run_until_complete(worker.run())
+    finally:
+        loop.close()
+
+
+__all__ = ["EXIT_OK", "EXIT_STORE_UNAVAILABLE", "Worker", "serve_forever"]
