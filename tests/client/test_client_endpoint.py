@@ -1,0 +1,337 @@
+"""The client endpoint's message layer (RFC 7252 §4, §5.3) against a scripted
+server: a real UDP socket in the test that decodes what arrives and answers as
+each test says (silence, empty ACK then separate response, RST, ...).
+
+ACK_TIMEOUT is shortened (50 ms) so that retransmission schedules run in well
+under a second; timing checks use lower bounds (a timer never fires early) and
+generous upper bounds, never speed."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+import coap
+from coap import Code, Message, Type
+from coap.transmission import TransmissionParameters
+from collector.client.endpoint import (
+    ClientEndpoint,
+    EndpointClosed,
+    ExchangeReset,
+    RequestTimeout,
+)
+
+pytestmark = pytest.mark.integration
+
+FAST = TransmissionParameters(ack_timeout=0.05, ack_random_factor=1.5, max_retransmit=3)
+
+Handler = Callable[["ScriptedServer", Message, tuple[str, int]], None]
+
+
+@dataclass
+class ScriptedServer(asyncio.DatagramProtocol):
+    handler: Handler | None = None
+    received: list[tuple[float, Message]] = field(default_factory=list)
+    transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = coap.decode(data)
+        self.received.append((time.monotonic(), msg))
+        if self.handler is not None:
+            self.handler(self, msg, addr)
+
+    def send(self, msg: Message, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(coap.encode(msg), addr)
+
+    def send_raw(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, addr)
+
+    def requests(self) -> list[Message]:
+        return [m for _, m in self.received if m.code != Code.EMPTY]
+
+    def empties(self, type: Type) -> list[Message]:
+        return [m for _, m in self.received if m.code == Code.EMPTY and m.type == type]
+
+
+async def _start(handler: Handler | None) -> tuple[ScriptedServer, asyncio.DatagramTransport, int]:
+    loop = asyncio.get_running_loop()
+    server = ScriptedServer(handler)
+    transport, _ = await loop.create_datagram_endpoint(lambda: server, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    return server, transport, port
+
+
+def _answer(request: Message, code: int = Code.CREATED, payload: bytes = b"") -> Message:
+    """A piggybacked response."""
+    return Message(Type.ACK, code, request.mid, request.token, payload=payload)
+
+
+def _run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_con_is_retransmitted_with_doubling_timeouts_then_times_out() -> None:
+    async def scenario() -> tuple[ScriptedServer, float]:
+        server, transport, port = await _start(None)  # a server that never answers
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout, match="4 transmissions"):
+            await endpoint.request(Code.POST, "/events", payload=b"{}", timeout=30)
+        waited = time.monotonic() - started
+        endpoint.close()
+        transport.close()
+        return server, waited
+
+    server, waited = _run(scenario())  # type: ignore[misc]
+    copies = server.requests()
+    assert len(copies) == 1 + FAST.max_retransmit
+    assert {(m.mid, m.token, m.type) for m in copies} == {
+        (copies[0].mid, copies[0].token, Type.CON)
+    }
+    times = [t for t, m in server.received]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    first = gaps[0]
+    # The first timeout is ACK_TIMEOUT x [1, ACK_RANDOM_FACTOR]; each next one doubles.
+    assert first >= FAST.ack_timeout * 0.95
+    assert first <= FAST.ack_timeout * FAST.ack_random_factor + 0.5
+    for index, gap in enumerate(gaps[1:], start=1):
+        assert gap >= first * 2**index * 0.9
+    # Giving up waits one more (doubled) timeout after the last copy.
+    assert waited >= FAST.ack_timeout * (2 ** (FAST.max_retransmit + 1) - 1) * 0.95
+
+
+def test_non_is_sent_once_and_times_out_by_deadline() -> None:
+    async def scenario() -> ScriptedServer:
+        server, transport, port = await _start(None)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        with pytest.raises(RequestTimeout):
+            await endpoint.request(Code.POST, "/events", confirmable=False, timeout=0.6)
+        endpoint.close()
+        transport.close()
+        return server
+
+    server = _run(scenario())
+    assert isinstance(server, ScriptedServer)
+    assert [m.type for m in server.requests()] == [Type.NON]
+
+
+def test_piggybacked_response() -> None:
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code == Code.POST:
+            server.send(_answer(msg, Code.CREATED), addr)
+
+    async def scenario() -> None:
+        server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        response = await endpoint.request(
+            Code.POST, "/events", payload=b"{}", content_format=50, timeout=5
+        )
+        assert response.code == Code.CREATED and response.code_str == "2.01"
+        assert not response.separate and response.transmissions == 1
+        (request,) = server.requests()
+        assert request.path == "/events" and request.content_format == 50
+        assert request.payload == b"{}"
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+def test_empty_ack_then_separate_con_response_is_acked_and_delivered_once() -> None:
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code != Code.POST:
+            return
+        server.send(Message(Type.ACK, Code.EMPTY, msg.mid), addr)
+        separate = Message(Type.CON, Code.CREATED, 0x4242, msg.token)
+
+        def later() -> None:
+            server.send(separate, addr)
+            server.send(separate, addr)  # a retransmission of the separate response
+
+        # Well past several ACK timeouts: retransmission must have stopped.
+        asyncio.get_running_loop().call_later(0.5, later)
+
+    async def scenario() -> None:
+        server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        response = await endpoint.request(Code.POST, "/events", payload=b"{}", timeout=5)
+        assert response.separate and response.message.type == Type.CON
+        assert response.code == Code.CREATED
+        await asyncio.sleep(0.2)  # let the duplicate arrive and be answered
+        assert len(server.requests()) == 1, "retransmitted after the empty ACK"
+        acks = server.empties(Type.ACK)
+        assert [a.mid for a in acks] == [0x4242, 0x4242], "each copy gets an empty ACK"
+        assert not server.empties(Type.RST)
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+def test_separate_response_for_an_unknown_token_is_rejected() -> None:
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code == Code.POST:
+            server.send(Message(Type.CON, Code.CREATED, 0x0777, b"nope"), addr)
+            server.send(_answer(msg), addr)
+
+    async def scenario() -> None:
+        server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        response = await endpoint.request(Code.POST, "/events", timeout=5)
+        assert response.code == Code.CREATED
+        await asyncio.sleep(0.1)
+        assert [m.mid for m in server.empties(Type.RST)] == [0x0777]
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+def test_rst_ends_the_exchange() -> None:
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code == Code.POST:
+            server.send(Message(Type.RST, Code.EMPTY, msg.mid), addr)
+
+    async def scenario() -> None:
+        server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        with pytest.raises(ExchangeReset):
+            await endpoint.request(Code.POST, "/events", timeout=30)
+        await asyncio.sleep(FAST.ack_timeout * 4)
+        assert len(server.requests()) == 1, "retransmitted after RST"
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+def test_non_request_gets_non_response_matched_by_token() -> None:
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code == Code.POST:
+            server.send(Message(Type.NON, Code.CREATED, 0x1111, msg.token), addr)
+
+    async def scenario() -> None:
+        server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        response = await endpoint.request(Code.POST, "/events", confirmable=False, timeout=5)
+        assert response.code == Code.CREATED and response.message.type == Type.NON
+        assert [m.type for m in server.requests()] == [Type.NON]
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+def test_piggybacked_response_with_a_wrong_token_is_ignored() -> None:
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code == Code.POST:
+            wrong = bytes(b ^ 0xFF for b in msg.token)
+            server.send(Message(Type.ACK, Code.BAD_REQUEST, msg.mid, wrong), addr)
+            server.send(_answer(msg, Code.CHANGED), addr)
+
+    async def scenario() -> None:
+        _server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        response = await endpoint.request(Code.POST, "/events", timeout=5)
+        assert response.code == Code.CHANGED
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+def test_message_ids_and_tokens_are_unique_under_concurrency() -> None:
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code == Code.POST:
+            server.send(_answer(msg, payload=msg.payload), addr)
+
+    async def scenario() -> None:
+        server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect(
+            "127.0.0.1", port, params=FAST, rng=random.Random(7)
+        )
+        responses = await asyncio.gather(
+            *(
+                endpoint.request(Code.POST, "/events", payload=str(i).encode(), timeout=10)
+                for i in range(300)
+            )
+        )
+        # Each answer reached the request it belongs to.
+        assert [r.message.payload for r in responses] == [str(i).encode() for i in range(300)]
+        requests = server.requests()
+        assert len({m.mid for m in requests}) == len({m.token for m in requests}) == 300
+        mids = [m.mid for m in requests]
+        assert mids[0] != 0 or mids[1] != 1  # a random start, not always zero
+        assert endpoint.outstanding == 0
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+def test_random_start_differs_between_endpoints() -> None:
+    async def scenario() -> set[tuple[int, bytes]]:
+        firsts = set()
+        for seed in range(5):
+            server, transport, port = await _start(
+                lambda s, m, a: s.send(_answer(m), a) if m.code else None
+            )
+            endpoint = await ClientEndpoint.connect(
+                "127.0.0.1", port, params=FAST, rng=random.Random(seed)
+            )
+            await endpoint.request(Code.GET, "/health", timeout=5)
+            (request,) = server.requests()
+            firsts.add((request.mid, request.token))
+            endpoint.close()
+            transport.close()
+        return firsts
+
+    firsts = _run(scenario())
+    assert isinstance(firsts, set) and len(firsts) == 5
+
+
+def test_malformed_con_from_the_server_gets_rst_and_ping_gets_rst() -> None:
+    replies: list[Message] = []
+
+    async def scenario() -> None:
+        server, transport, port = await _start(None)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        local = endpoint.local_address
+        assert local is not None
+        # CON, MID 0x1234, payload marker with no payload: a §3 format error.
+        server.send_raw(b"\x40\x45\x12\x34\xff", local)
+        server.send(Message(Type.CON, Code.EMPTY, 0x2345), local)  # CoAP ping
+        await asyncio.sleep(0.2)
+        replies.extend(m for _, m in server.received)
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+    assert sorted((m.type, m.mid) for m in replies) == [(Type.RST, 0x1234), (Type.RST, 0x2345)]
+
+
+def test_close_fails_outstanding_requests() -> None:
+    async def scenario() -> None:
+        _, transport, port = await _start(None)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        pending = asyncio.create_task(endpoint.request(Code.GET, "/health", timeout=30))
+        await asyncio.sleep(0.05)
+        endpoint.close()
+        with pytest.raises(EndpointClosed):
+            await pending
+        with pytest.raises(EndpointClosed):
+            await endpoint.request(Code.GET, "/health")
+        transport.close()
+
+    _run(scenario())
