@@ -24,9 +24,19 @@ Behaviour this module decides (RFC text that leaves a choice):
 from __future__ import annotations
 
 from operator import itemgetter
+from struct import Struct
 
 from ._errors import MessageFormatError
-from ._message import Message, Type
+from ._message import (
+    Message,
+    Type,
+    _set_code,
+    _set_mid,
+    _set_options,
+    _set_payload,
+    _set_token,
+    _set_type,
+)
 from .codes import RESERVED_CLASSES, Code
 
 __all__ = [
@@ -58,10 +68,41 @@ MAX_OPTION_LENGTH = 65535 + 269
 
 MAX_OPTION_NUMBER = 65535
 
-_TYPES = (Type.CON, Type.NON, Type.ACK, Type.RST)
-_CODES: dict[int, int] = {c.value: c for c in Code}
-_RESERVED = tuple((c >> 5) in RESERVED_CLASSES for c in range(256))
+
+def _code_member(code: int) -> int:
+    try:
+        return Code(code)
+    except ValueError:
+        return code
+
+
+# Lookup tables indexed by a header byte, so the hot path does one index
+# instead of shifts, masks and comparisons. _TYPE_BY_FIRST_BYTE is None where the
+# version bits are not 1; _CODE_BY_BYTE is None for reserved classes and a Code
+# member (else the plain int) otherwise.
+_TYPE_BY_FIRST_BYTE: tuple[Type | None, ...] = tuple(
+    Type((b >> 4) & 3) if b >> 6 == 1 else None for b in range(256)
+)
+_CODE_BY_BYTE: tuple[int | None, ...] = tuple(
+    None if c >> 5 in RESERVED_CLASSES else _code_member(c) for c in range(256)
+)
+_EMPTY = Code.EMPTY
 _first = itemgetter(0)
+_new = object.__new__
+_header = Struct("!BBH").pack
+# One-byte bytes objects for every option header byte (avoids bytes((x,))).
+_BYTE = tuple(bytes((b,)) for b in range(256))
+
+
+def _coerce(data: object) -> bytes:
+    try:
+        return bytes(memoryview(data))  # type: ignore[arg-type]
+    except Exception as exc:  # a non-bytes-like argument is still "not a message"
+        raise MessageFormatError(f"not bytes-like: {type(data).__name__}") from exc
+
+
+def _option_error(reason: str, mtype: Type, mid: int, token: bytes) -> MessageFormatError:
+    return MessageFormatError(reason, type=mtype, mid=mid, token=token)
 
 
 def decode(
@@ -78,21 +119,18 @@ def decode(
     else) when the datagram breaks RFC 7252 §3/§4.1 or a limit; its ``type``,
     ``mid`` and ``token`` hold what was recovered.
     """
-    if type(data) is not bytes:
-        try:
-            data = bytes(data)
-        except Exception as exc:  # a non-bytes-like argument is still "not a message"
-            raise MessageFormatError(f"not bytes-like: {type(data).__name__}") from exc
+    if data.__class__ is not bytes:
+        data = _coerce(data)
     n = len(data)
     if n < 4:
         # §3: the fixed header is 4 bytes; without the MID nobody can be answered.
         raise MessageFormatError(f"message shorter than the 4-byte header ({n} bytes)")
     b0 = data[0]
-    if b0 >> 6 != 1:
+    mtype = _TYPE_BY_FIRST_BYTE[b0]
+    if mtype is None:
         # §3: "Messages with unknown version numbers MUST be silently ignored."
         # type stays None so that nobody RSTs it.
         raise MessageFormatError(f"unsupported CoAP version {b0 >> 6}")
-    mtype = _TYPES[(b0 >> 4) & 3]
     mid = (data[2] << 8) | data[3]
     if n > max_size:
         raise MessageFormatError(
@@ -101,30 +139,34 @@ def decode(
     tkl = b0 & 15
     if tkl > MAX_TOKEN_LENGTH:
         raise MessageFormatError(f"reserved token length {tkl}", type=mtype, mid=mid)
-    code = data[1]
     pos = 4 + tkl
     if pos > n:
         raise MessageFormatError(
             f"token length {tkl} but only {n - 4} bytes follow the header", type=mtype, mid=mid
         )
     token = data[4:pos]
-    if code == 0:
+    code = _CODE_BY_BYTE[data[1]]
+    if code is _EMPTY:
         # §4.1: an Empty message has TKL 0 and no bytes after the Message ID;
         # "If there are any bytes, they MUST be processed as a message format error."
         if n != 4:
-            raise MessageFormatError(
-                "Empty message (0.00) with bytes after the header", type=mtype, mid=mid, token=token
+            raise _option_error(
+                "Empty message (0.00) with bytes after the header", mtype, mid, token
             )
-        return Message(mtype, Code.EMPTY, mid)
-    if _RESERVED[code]:
-        raise MessageFormatError(
-            f"code {code >> 5}.{code & 31:02d} has a reserved class",
-            type=mtype,
-            mid=mid,
-            token=token,
+    elif code is None:
+        raise _option_error(
+            f"code {data[1] >> 5}.{data[1] & 31:02d} has a reserved class", mtype, mid, token
         )
+
+    message = _new(Message)
+    _set_type(message, mtype)
+    _set_code(message, code)
+    _set_mid(message, mid)
+    _set_token(message, token)
     if pos == n:
-        return Message(mtype, _CODES.get(code, code), mid, token)
+        _set_options(message, ())
+        _set_payload(message, b"")
+        return message
 
     options: list[tuple[int, bytes]] = []
     append = options.append
@@ -134,78 +176,128 @@ def decode(
         while pos < n:
             byte = data[pos]
             pos += 1
-            delta = byte >> 4
-            length = byte & 15
-            if delta > 12:
-                if delta == 13:
-                    delta = data[pos] + 13
-                    pos += 1
-                elif delta == 14:
-                    delta = ((data[pos] << 8) | data[pos + 1]) + 269
-                    pos += 2
-                elif length == 15:
-                    # §3: 0xFF is the payload marker; the payload runs to the end.
-                    if pos == n:
-                        # §3: "The presence of a marker followed by a zero-length
-                        # payload MUST be processed as a message format error."
-                        raise MessageFormatError(
-                            "payload marker followed by an empty payload",
-                            type=mtype,
-                            mid=mid,
-                            token=token,
-                        )
-                    payload = data[pos:]
-                    break
-                else:
-                    # §3.1: delta nibble 15 is "Reserved for the Payload Marker";
-                    # with a length nibble other than 15 it is a format error.
-                    raise MessageFormatError(
-                        "reserved option delta 15", type=mtype, mid=mid, token=token
+            if byte < 0xD0 and byte & 15 < 13:
+                # Fast path: delta and length both fit their nibbles.
+                number += byte >> 4
+                end = pos + (byte & 15)
+            elif byte == 0xFF:
+                # §3: 0xFF is the payload marker; the payload runs to the end.
+                if pos == n:
+                    # §3: "The presence of a marker followed by a zero-length
+                    # payload MUST be processed as a message format error."
+                    raise _option_error(
+                        "payload marker followed by an empty payload", mtype, mid, token
                     )
-            if length > 12:
-                if length == 13:
-                    length = data[pos] + 13
-                    pos += 1
-                elif length == 14:
-                    length = ((data[pos] << 8) | data[pos + 1]) + 269
-                    pos += 2
-                else:
-                    # §3.1: length nibble 15 "MUST be processed as a message format error".
-                    raise MessageFormatError(
-                        "reserved option length 15", type=mtype, mid=mid, token=token
-                    )
-            number += delta
-            end = pos + length
+                payload = data[pos:]
+                break
+            else:
+                delta = byte >> 4
+                length = byte & 15
+                if delta > 12:
+                    if delta == 13:
+                        delta = data[pos] + 13
+                        pos += 1
+                    elif delta == 14:
+                        delta = ((data[pos] << 8) | data[pos + 1]) + 269
+                        pos += 2
+                    else:
+                        # §3.1: delta nibble 15 is "Reserved for the Payload Marker";
+                        # any other byte with it is a format error.
+                        raise _option_error("reserved option delta 15", mtype, mid, token)
+                if length > 12:
+                    if length == 13:
+                        length = data[pos] + 13
+                        pos += 1
+                    elif length == 14:
+                        length = ((data[pos] << 8) | data[pos + 1]) + 269
+                        pos += 2
+                    else:
+                        # §3.1: length nibble 15 "MUST be processed as a message format error".
+                        raise _option_error("reserved option length 15", mtype, mid, token)
+                number += delta
+                end = pos + length
             if end > n:
-                raise MessageFormatError(
-                    f"option {number} value runs past the end of the message",
-                    type=mtype,
-                    mid=mid,
-                    token=token,
+                raise _option_error(
+                    f"option {number} value runs past the end of the message", mtype, mid, token
                 )
             append((number, data[pos:end]))
             pos = end
     except IndexError:
         # Only the extended delta/length reads can run off the end.
-        raise MessageFormatError(
-            "option header truncated in its extended delta/length",
-            type=mtype,
-            mid=mid,
-            token=token,
+        raise _option_error(
+            "option header truncated in its extended delta/length", mtype, mid, token
         ) from None
     # number only grows, so checking the last one checks them all.
     if number > MAX_OPTION_NUMBER:
-        raise MessageFormatError(
-            f"option number {number} exceeds 65535", type=mtype, mid=mid, token=token
-        )
+        raise _option_error(f"option number {number} exceeds 65535", mtype, mid, token)
     if len(options) > max_options:
-        raise MessageFormatError(
-            f"{len(options)} options exceed the limit of {max_options}",
-            type=mtype,
-            mid=mid,
-            token=token,
+        raise _option_error(
+            f"{len(options)} options exceed the limit of {max_options}", mtype, mid, token
         )
-    return Message(mtype, _CODES.get(code, code), mid, token, tuple(options), payload)
+    _set_options(message, tuple(options))
+    _set_payload(message, payload)
+    return message
+
+
+def _encode_error(message: Message) -> MessageFormatError:
+    """Say which header field of ``message`` cannot be sent (the slow path of encode)."""
+    mtype, code, mid, token = message.type, message.code, message.mid, message.token
+    if not 0 <= mtype <= 3:
+        return MessageFormatError(f"message type {mtype} is not 0-3")
+    if not 0 <= code <= 255:
+        return MessageFormatError(f"code {code} is not one byte")
+    if _CODE_BY_BYTE[code] is None:
+        return MessageFormatError(f"code {code >> 5}.{code & 31:02d} has a reserved class")
+    if not 0 <= mid <= 0xFFFF:
+        return MessageFormatError(f"message ID {mid} is not 0-65535")
+    if len(token) > MAX_TOKEN_LENGTH:
+        return MessageFormatError(f"token of {len(token)} bytes is longer than 8")
+    return MessageFormatError("an Empty message (0.00) carries no token, options or payload")
+
+
+def _write_options(out: bytearray, options: tuple[tuple[int, bytes], ...]) -> bool:
+    """Append ``options`` in wire form; False (and a partial write) if not sorted."""
+    byte = _BYTE
+    previous = 0
+    for number, value in options:
+        delta = number - previous
+        length = len(value)
+        if delta < 13 and length < 13:
+            if delta < 0:
+                return False
+            out += byte[(delta << 4) | length]
+            out += value
+            previous = number
+            continue
+        previous = number
+        if delta < 13:
+            if delta < 0:
+                return False
+            dnib = delta << 4
+            dext = b""
+        elif delta < 269:
+            dnib = 0xD0
+            dext = byte[delta - 13]
+        else:
+            dnib = 0xE0
+            dext = (delta - 269).to_bytes(2, "big")
+        if length < 13:
+            out += byte[dnib | length]
+            out += dext
+        elif length < 269:
+            out += byte[dnib | 13]
+            out += dext
+            out += byte[length - 13]
+        elif length <= MAX_OPTION_LENGTH:
+            out += byte[dnib | 14]
+            out += dext
+            out += (length - 269).to_bytes(2, "big")
+        else:
+            raise MessageFormatError(f"option {number} value of {length} bytes is too long")
+        out += value
+    if previous > MAX_OPTION_NUMBER:
+        raise MessageFormatError("option numbers must be 0-65535")
+    return True
 
 
 def encode(message: Message) -> bytes:
@@ -225,63 +317,27 @@ def encode(message: Message) -> bytes:
     token = message.token
     options = message.options
     payload = message.payload
-    if not 0 <= mtype <= 3:
-        raise MessageFormatError(f"message type {mtype} is not 0-3")
-    if not 0 <= code <= 255:
-        raise MessageFormatError(f"code {code} is not one byte")
-    if _RESERVED[code]:
-        raise MessageFormatError(f"code {code >> 5}.{code & 31:02d} has a reserved class")
-    if not 0 <= mid <= 0xFFFF:
-        raise MessageFormatError(f"message ID {mid} is not 0-65535")
     tkl = len(token)
-    if tkl > MAX_TOKEN_LENGTH:
-        raise MessageFormatError(f"token of {tkl} bytes is longer than 8")
-    if code == 0 and (tkl or options or payload):
-        raise MessageFormatError("an Empty message (0.00) carries no token, options or payload")
-    out = bytearray((0x40 | (mtype << 4) | tkl, code, mid >> 8, mid & 0xFF))
+    if (
+        not (0 <= mtype <= 3 and 0 <= code <= 255 and 0 <= mid <= 0xFFFF and tkl <= 8)
+        or _CODE_BY_BYTE[code] is None
+        or (code == 0 and (tkl or options or payload))
+    ):
+        raise _encode_error(message)
+    header = _header(0x40 | (mtype << 4) | tkl, code, mid)
+    if not options:
+        if payload:
+            return header + token + b"\xff" + payload
+        return header + token if tkl else header
+    out = bytearray(header)
     out += token
-    if options:
-        previous = 0
-        for number, _ in options:
-            if number < previous:
-                options = tuple(sorted(options, key=_first))
-                break
-            previous = number
-        if options[0][0] < 0 or options[-1][0] > MAX_OPTION_NUMBER:
+    if not _write_options(out, options):
+        options = tuple(sorted(options, key=_first))
+        if options[0][0] < 0:
             raise MessageFormatError("option numbers must be 0-65535")
-        previous = 0
-        for number, value in options:
-            delta = number - previous
-            previous = number
-            length = len(value)
-            if delta < 13:
-                if length < 13:
-                    out.append((delta << 4) | length)
-                    out += value
-                    continue
-                dnib = delta << 4
-                dext = b""
-            elif delta < 269:
-                dnib = 0xD0
-                dext = bytes((delta - 13,))
-            else:
-                dnib = 0xE0
-                dext = (delta - 269).to_bytes(2, "big")
-            if length < 13:
-                out.append(dnib | length)
-                out += dext
-            elif length < 269:
-                out.append(dnib | 13)
-                out += dext
-                out.append(length - 13)
-            elif length <= MAX_OPTION_LENGTH:
-                out.append(dnib | 14)
-                out += dext
-                out += (length - 269).to_bytes(2, "big")
-            else:
-                raise MessageFormatError(f"option {number} value of {length} bytes is too long")
-            out += value
+        del out[4 + tkl :]
+        _write_options(out, options)
     if payload:
-        out.append(0xFF)
+        out += b"\xff"
         out += payload
     return bytes(out)
