@@ -1,0 +1,64 @@
+"""The aiocoap peer: the Python reference CoAP server doing the collector's job.
+
+``POST /events`` parses the JSON body (one event or an array) and answers 2.01,
+4.00 when it is not JSON; ``GET /health`` answers 2.05. aiocoap's own message layer
+does dedup and piggybacking.
+
+Usage: python bench/peers/aiocoap_server.py --host H --port P  (prints "ready")
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+import aiocoap
+import aiocoap.resource as resource
+
+
+class Events(resource.Resource):
+    async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
+        try:
+            json.loads(request.payload)
+        except ValueError:
+            return aiocoap.Message(code=aiocoap.BAD_REQUEST, payload=b"bad json")
+        return aiocoap.Message(code=aiocoap.CREATED)
+
+
+class Health(resource.Resource):
+    async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+        return aiocoap.Message(code=aiocoap.CONTENT, payload=b'{"status":"ok"}')
+
+
+async def serve(host: str, port: int) -> None:
+    root = resource.Site()
+    root.add_resource(["events"], Events())
+    root.add_resource(["health"], Health())
+    ctx = await aiocoap.Context.create_server_context(root, bind=(host, port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await ctx.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5683)
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve(args.host, args.port))
+    except OSError as exc:
+        print(f"aiocoap: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
