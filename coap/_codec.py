@@ -255,51 +255,6 @@ def _encode_error(message: Message) -> MessageFormatError:
     return MessageFormatError("an Empty message (0.00) carries no token, options or payload")
 
 
-def _write_options(out: bytearray, options: tuple[tuple[int, bytes], ...]) -> bool:
-    """Append ``options`` in wire form; False (and a partial write) if not sorted."""
-    byte = _BYTE
-    previous = 0
-    for number, value in options:
-        delta = number - previous
-        length = len(value)
-        if delta < 13 and length < 13:
-            if delta < 0:
-                return False
-            out += byte[(delta << 4) | length]
-            out += value
-            previous = number
-            continue
-        previous = number
-        if delta < 13:
-            if delta < 0:
-                return False
-            dnib = delta << 4
-            dext = b""
-        elif delta < 269:
-            dnib = 0xD0
-            dext = byte[delta - 13]
-        else:
-            dnib = 0xE0
-            dext = (delta - 269).to_bytes(2, "big")
-        if length < 13:
-            out += byte[dnib | length]
-            out += dext
-        elif length < 269:
-            out += byte[dnib | 13]
-            out += dext
-            out += byte[length - 13]
-        elif length <= MAX_OPTION_LENGTH:
-            out += byte[dnib | 14]
-            out += dext
-            out += (length - 269).to_bytes(2, "big")
-        else:
-            raise MessageFormatError(f"option {number} value of {length} bytes is too long")
-        out += value
-    if previous > MAX_OPTION_NUMBER:
-        raise MessageFormatError("option numbers must be 0-65535")
-    return True
-
-
 def encode(message: Message) -> bytes:
     """Serialise ``message`` (RFC 7252 §3).
 
@@ -329,15 +284,56 @@ def encode(message: Message) -> bytes:
         if payload:
             return header + token + b"\xff" + payload
         return header + token if tkl else header
-    out = bytearray(header)
-    out += token
-    if not _write_options(out, options):
-        options = tuple(sorted(options, key=_first))
-        if options[0][0] < 0:
+    # Joining a list of parts beats growing a bytearray for messages this small.
+    parts = [header, token]
+    add = parts.append
+    byte = _BYTE
+    previous = 0
+    for number, value in options:
+        delta = number - previous
+        length = len(value)
+        if 0 <= delta < 13 and length < 13:
+            add(byte[(delta << 4) | length])
+            add(value)
+            previous = number
+            continue
+        if delta < 0:
+            break  # not in ascending order: sort below
+        previous = number
+        if delta < 13:
+            head = delta << 4
+            dext = b""
+        elif delta < 269:
+            head = 0xD0
+            dext = byte[delta - 13]
+        else:
+            head = 0xE0
+            dext = (delta - 269).to_bytes(2, "big")
+        if length < 13:
+            add(byte[head | length])
+            add(dext)
+        elif length < 269:
+            add(byte[head | 13])
+            add(dext)
+            add(byte[length - 13])
+        elif length <= MAX_OPTION_LENGTH:
+            add(byte[head | 14])
+            add(dext)
+            add((length - 269).to_bytes(2, "big"))
+        else:
+            raise MessageFormatError(f"option {number} value of {length} bytes is too long")
+        add(value)
+    else:
+        if previous > MAX_OPTION_NUMBER:
             raise MessageFormatError("option numbers must be 0-65535")
-        del out[4 + tkl :]
-        _write_options(out, options)
-    if payload:
-        out += b"\xff"
-        out += payload
-    return bytes(out)
+        if payload:
+            add(b"\xff")
+            add(payload)
+        return b"".join(parts)
+    # Options out of order: encode a copy sorted stably by number (repeats keep
+    # their relative order, §5.4.5). A negative number sorts first and stays
+    # "out of order", so it is refused here rather than recursing forever.
+    ordered = tuple(sorted(options, key=_first))
+    if ordered[0][0] < 0:
+        raise MessageFormatError("option numbers must be 0-65535")
+    return encode(Message(mtype, code, mid, token, ordered, payload))
