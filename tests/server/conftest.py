@@ -316,6 +316,7 @@ class Collector:
     db: Path
     stderr_path: Path
     flags: dict[str, Any] = field(default_factory=dict)
+    expect_clean_exit: bool = True  # the factory's teardown checks exit code 0
 
     @property
     def pid(self) -> int:
@@ -454,8 +455,13 @@ def collector(tmp_path: Path) -> Iterator[Callable[..., Collector]]:
         return server
 
     yield factory
+    unclean = []
     for server in started:
-        server.terminate()
+        running = server.proc.poll() is None
+        code = server.terminate()
+        if running and server.expect_clean_exit and code != 0:
+            unclean.append(f"exit {code}; stderr tail:\n{server.stderr_tail()}")
+    assert not unclean, "collector did not drain cleanly at teardown: " + "\n".join(unclean)
 
 
 def stop_all(servers: list[Collector]) -> None:
