@@ -1,0 +1,147 @@
+"""The pure batcher (no clock, no I/O) and its asyncio driver against a real sink."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collector.batching import BatchDriver, Batcher
+from collector.events import Event
+from collector.sinks.base import STORED, Outcome, Result
+from collector.sinks.null import NullSink
+
+
+def test_feed_returns_batch_exactly_at_max_items() -> None:
+    b: Batcher[int] = Batcher(3)
+    assert b.feed(1) is None
+    assert b.feed(2) is None
+    assert b.feed(3) == [1, 2, 3]
+    assert len(b) == 0
+    assert b.flush() is None
+
+
+def test_flush_returns_open_batch_once() -> None:
+    b: Batcher[str] = Batcher(10)
+    b.feed("a")
+    assert b.flush() == ["a"]
+    assert b.flush() is None
+
+
+def test_max_items_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Batcher(0)
+
+
+@given(st.lists(st.integers()), st.integers(min_value=1, max_value=20))
+def test_batches_preserve_every_item_in_order(items: list[int], size: int) -> None:
+    b: Batcher[int] = Batcher(size)
+    out: list[int] = []
+    for item in items:
+        batch = b.feed(item)
+        if batch is not None:
+            assert len(batch) == size
+            out.extend(batch)
+    rest = b.flush()
+    if rest is not None:
+        assert 0 < len(rest) < size
+        out.extend(rest)
+    assert out == items
+
+
+def _event(i: int) -> Event:
+    return Event(
+        id=f"id-{i}",
+        timestamp_ms=1_700_000_000_000 + i,
+        received_ms=1_700_000_000_000,
+        namespace="default",
+        sender="s",
+        origin="o",
+        type="t",
+        value=float(i),
+        unit=None,
+        source="127.0.0.1:1",
+        worker=0,
+    )
+
+
+class RecordingSink(NullSink):
+    """A real null sink that also remembers batch sizes and concurrency."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.delay = delay
+        self.active = 0
+        self.max_active = 0
+
+    async def write(self, events: Sequence[Event]) -> list[Result]:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        await asyncio.sleep(self.delay)
+        self.batches.append(len(events))
+        self.active -= 1
+        return await super().write(events)
+
+
+def test_driver_flushes_on_count_and_on_timer() -> None:
+    async def scenario() -> tuple[list[int], list[tuple[object, int, Result]]]:
+        sink = RecordingSink()
+        results: list[tuple[object, int, Result]] = []
+        driver = BatchDriver(
+            sink,
+            lambda owner, pos, res: results.append((owner, pos, res)),
+            batch_max=4,
+            batch_ms=20,
+            max_flushes=2,
+        )
+        for i in range(6):
+            driver.add(_event(i), "req", i)
+        await asyncio.sleep(0)  # the full batch of 4 is written at once
+        await asyncio.sleep(0)
+        assert sink.batches == [4]
+        await asyncio.wait_for(driver.wait_idle(), 1.0)  # the 2 left go on the timer
+        return sink.batches, results
+
+    batches, results = asyncio.run(scenario())
+    assert batches == [4, 2]
+    assert sorted(pos for _owner, pos, _res in results) == list(range(6))
+    assert all(res is STORED for _o, _p, res in results)
+
+
+def test_driver_bounds_writes_in_flight() -> None:
+    async def scenario() -> RecordingSink:
+        sink = RecordingSink(delay=0.01)
+        driver = BatchDriver(sink, lambda *a: None, batch_max=1, batch_ms=1, max_flushes=2)
+        for i in range(10):
+            driver.add(_event(i), None, 0)
+        await asyncio.wait_for(driver.wait_idle(), 2.0)
+        assert driver.pending == 0
+        return sink
+
+    sink = asyncio.run(scenario())
+    assert sink.max_active == 2
+    assert sum(sink.batches) == 10
+
+
+def test_a_sink_that_raises_fails_its_events_instead_of_hanging() -> None:
+    class Broken(NullSink):
+        async def write(self, events: Sequence[Event]) -> list[Result]:
+            raise RuntimeError("boom")
+
+    async def scenario() -> list[Result]:
+        got: list[Result] = []
+        driver = BatchDriver(
+            Broken(), lambda o, p, r: got.append(r), batch_max=2, batch_ms=1, max_flushes=1
+        )
+        driver.add(_event(1), None, 0)
+        driver.add(_event(2), None, 1)
+        await asyncio.wait_for(driver.wait_idle(), 1.0)
+        return got
+
+    got = asyncio.run(scenario())
+    assert [r.outcome for r in got] == [Outcome.FAILED, Outcome.FAILED]
+    assert "RuntimeError" in got[0].reason

@@ -1,0 +1,129 @@
+"""The exchange layer's rules (RFC 7252 §4) on plain values: no sockets needed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import coap
+from collector.exchange import ExchangeLayer, Request, build_response, empty, fit, header
+
+PEER = ("127.0.0.1", 40000)
+
+
+def make_layer(
+    capacity: int = 10, lifetime: float = 247.0
+) -> tuple[ExchangeLayer, list[tuple[bytes, object]]]:
+    sent: list[tuple[bytes, object]] = []
+    layer = ExchangeLayer(
+        lambda d, p: sent.append((d, p)), capacity=capacity, ack_delay=0.5, lifetime=lifetime
+    )
+    return layer, sent
+
+
+def test_header_is_a_valid_piggybacked_ack() -> None:
+    msg = coap.decode(header(2, 65, 0x1234, b"\x01\x02"))
+    assert (msg.type, msg.code, msg.mid, msg.token) == (
+        coap.Type.ACK,
+        coap.Code.CREATED,
+        0x1234,
+        b"\x01\x02",
+    )
+
+
+def test_empty_rst_has_no_token_and_code_zero() -> None:
+    msg = coap.decode(empty(3, 7))
+    assert (msg.type, msg.code, msg.mid, msg.token, msg.payload) == (coap.Type.RST, 0, 7, b"", b"")
+
+
+@pytest.mark.parametrize("limit", [12, 20, 40, 200])
+def test_diagnostic_is_cut_to_the_request_size(limit: int) -> None:
+    data = build_response(
+        2, 1, b"tok", 128, diagnostic="event[3].payload.value: required " * 5, limit=limit
+    )
+    msg = coap.decode(data)
+    assert msg.code == coap.Code.BAD_REQUEST
+    assert len(data) <= max(limit, len(header(2, 128, 1, b"tok")))
+    if msg.payload:
+        assert msg.content_format == 0
+
+
+def test_fit_never_splits_a_character() -> None:
+    assert fit("ééé", 3) == "é".encode()
+    assert fit("abc", 0) == b""
+
+
+@given(st.text(), st.integers(min_value=0, max_value=64))
+def test_fit_is_a_valid_prefix_within_budget(text: str, budget: int) -> None:
+    out = fit(text, budget)
+    assert len(out) <= budget
+    assert text.encode().startswith(out)
+
+
+def test_duplicate_of_answered_request_gets_the_same_bytes() -> None:
+    layer, sent = make_layer()
+    assert not layer.duplicate(PEER, 5)
+    layer.remember((PEER, 5), 0.0, b"response")
+    assert layer.duplicate(PEER, 5)
+    assert sent == [(b"response", PEER)]
+
+
+def test_duplicate_while_storing_is_absorbed_then_acked_once_separate() -> None:
+    layer, sent = make_layer()
+    req = Request(PEER, 9, b"t", 0, 30, 0.0)
+    req.remaining = 1
+    layer.remember(req.key, 0.0, req)
+    layer.track(req)
+    assert layer.duplicate(PEER, 9)
+    assert sent == []  # absorbed
+    layer.tick(0.6)  # past ack-delay: the empty ACK goes out
+    assert req.separate
+    assert sent == [(empty(2, 9), PEER)]
+    assert layer.duplicate(PEER, 9)  # a retransmission now gets the empty ACK again
+    assert sent[-1] == (empty(2, 9), PEER)
+
+
+def test_capacity_forgets_the_oldest_exchange_first() -> None:
+    layer, _ = make_layer(capacity=3)
+    for mid in range(5):
+        layer.remember((PEER, mid), float(mid), b"r")
+    assert len(layer.seen) == 3
+    assert not layer.duplicate(PEER, 0)
+    assert not layer.duplicate(PEER, 1)
+    assert layer.duplicate(PEER, 4)
+
+
+def test_entries_expire_after_the_exchange_lifetime() -> None:
+    layer, _ = make_layer(lifetime=10.0)
+    layer.remember((PEER, 1), 0.0, b"r")
+    layer.remember((PEER, 2), 5.0, b"r")
+    layer.tick(10.5)
+    assert (PEER, 1) not in layer.seen
+    assert (PEER, 2) in layer.seen
+
+
+def test_separate_response_is_retransmitted_with_backoff_until_acked() -> None:
+    layer, sent = make_layer()
+    layer.send_confirmable(PEER, lambda mid: header(0, 65, mid, b"t"), 0.0)
+    first = coap.decode(sent[0][0])
+    assert first.type == coap.Type.CON
+    layer.tick(1.0)  # before ACK_TIMEOUT: nothing
+    assert len(sent) == 1
+    layer.tick(3.1)  # past ACK_TIMEOUT * ACK_RANDOM_FACTOR
+    assert len(sent) == 2 and sent[1][0] == sent[0][0]
+    layer.on_ack(PEER, first.mid)
+    layer.tick(100.0)
+    assert len(sent) == 2
+    assert layer.outgoing == 0
+
+
+def test_separate_response_gives_up_after_max_retransmit() -> None:
+    layer, sent = make_layer()
+    layer.send_confirmable(PEER, lambda mid: header(0, 65, mid, b"t"), 0.0)
+    now = 0.0
+    for _ in range(50):
+        now += 10.0
+        layer.tick(now)
+    assert len(sent) == 1 + coap.transmission.MAX_RETRANSMIT
+    assert layer.given_up == 1 and layer.outgoing == 0
