@@ -27,16 +27,7 @@ from operator import itemgetter
 from struct import Struct
 
 from ._errors import MessageFormatError
-from ._message import (
-    Message,
-    Type,
-    _set_code,
-    _set_mid,
-    _set_options,
-    _set_payload,
-    _set_token,
-    _set_type,
-)
+from ._message import Message, Type
 from .codes import RESERVED_CLASSES, Code
 
 __all__ = [
@@ -89,6 +80,37 @@ _CODE_BY_BYTE: tuple[int | None, ...] = tuple(
 _EMPTY = Code.EMPTY
 _first = itemgetter(0)
 _new = object.__new__
+
+
+class _Draft:
+    """A mutable twin of :class:`Message` with the very same slot layout.
+
+    The decoder fills a draft with plain attribute stores (specialised, cheap
+    bytecodes) and then turns it into a Message by assigning ``__class__``, which
+    CPython allows between classes with identical slots. That costs half of
+    building a frozen dataclass through its slot descriptors, on every datagram.
+    """
+
+    # The very tuple of Message: slot order is layout, so it must not be re-sorted.
+    __slots__ = Message.__slots__
+    type: Type
+    code: int
+    mid: int
+    token: bytes
+    options: tuple[tuple[int, bytes], ...]
+    payload: bytes
+
+
+def _check_draft_layout() -> None:
+    # Fail at import, not on the first datagram, if CPython ever refuses the switch.
+    draft = _new(_Draft)
+    try:
+        draft.__class__ = Message  # type: ignore[assignment]
+    except TypeError as exc:
+        raise ImportError(f"coap: cannot build Message from a draft: {exc}") from exc
+
+
+_check_draft_layout()
 _header = Struct("!BBH").pack
 # One-byte bytes objects for every option header byte (avoids bytes((x,))).
 _BYTE = tuple(bytes((b,)) for b in range(256))
@@ -158,15 +180,16 @@ def decode(
             f"code {data[1] >> 5}.{data[1] & 31:02d} has a reserved class", mtype, mid, token
         )
 
-    message = _new(Message)
-    _set_type(message, mtype)
-    _set_code(message, code)
-    _set_mid(message, mid)
-    _set_token(message, token)
+    message = _new(_Draft)
+    message.type = mtype
+    message.code = code
+    message.mid = mid
+    message.token = token
     if pos == n:
-        _set_options(message, ())
-        _set_payload(message, b"")
-        return message
+        message.options = ()
+        message.payload = b""
+        message.__class__ = Message  # type: ignore[assignment]
+        return message  # type: ignore[return-value]
 
     options: list[tuple[int, bytes]] = []
     append = options.append
@@ -234,9 +257,10 @@ def decode(
         raise _option_error(
             f"{len(options)} options exceed the limit of {max_options}", mtype, mid, token
         )
-    _set_options(message, tuple(options))
-    _set_payload(message, payload)
-    return message
+    message.options = tuple(options)
+    message.payload = payload
+    message.__class__ = Message  # type: ignore[assignment]
+    return message  # type: ignore[return-value]
 
 
 def _encode_error(message: Message) -> MessageFormatError:

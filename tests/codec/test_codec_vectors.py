@@ -298,3 +298,20 @@ def test_encode_refuses(message: Message, reason: str) -> None:
     with pytest.raises(ValueError, match=reason) as info:
         coap.encode(message)
     assert isinstance(info.value, coap.CoapError)
+
+
+@pytest.mark.parametrize("datagram", [h("60 00 be ef"), h("64 41 12 34 01020304"), VALID[11][1]])
+def test_decoded_message_is_a_real_frozen_message(datagram: bytes) -> None:
+    # decode builds a mutable draft and switches its class (see coap/_codec.py):
+    # what comes out must be indistinguishable from a constructed Message.
+    decoded = coap.decode(datagram)
+    assert type(decoded) is Message
+    rebuilt = Message(
+        decoded.type, decoded.code, decoded.mid, decoded.token, decoded.options, decoded.payload
+    )
+    assert decoded == rebuilt
+    assert hash(decoded) == hash(rebuilt)
+    with pytest.raises(AttributeError):
+        decoded.mid = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        decoded.extra = 1  # type: ignore[attr-defined]
