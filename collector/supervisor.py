@@ -277,6 +277,10 @@ class Supervisor:
         self._start_http()
         if self.config.metrics_port:
             self._metrics = SupervisorMetrics()
+        if self._worker_main is None:
+            # Import the worker's modules once, here: every fork then starts serving at
+            # once instead of importing uvloop and friends N times over.
+            import collector.worker  # noqa: F401
         for index in range(self.config.workers):
             self.spawn(index)
         announced = False

@@ -17,6 +17,8 @@ import signal
 import socket
 import time
 
+import uvloop
+
 import coap
 from coap import MessageFormatError, decode
 from collector import resources
@@ -487,8 +489,6 @@ def serve_forever(
     index: int, sock: socket.socket, config: Config, status: StatusBoard | None
 ) -> int:
     """Run one worker on a fresh uvloop loop (the worker process's main)."""
-    import uvloop
-
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:

@@ -21,9 +21,7 @@ def make_sink(config: Config, worker: int) -> Sink:
     if config.sink == "sqlite":
         from collector.sinks.sqlite import SqliteSink
 
-        return SqliteSink(
-            config.sqlite_path, synchronous=config.sqlite_synchronous, worker=worker
-        )
+        return SqliteSink(config.sqlite_path, synchronous=config.sqlite_synchronous, worker=worker)
     if config.sink == "elasticsearch":
         from collector.sinks.elasticsearch import ElasticsearchSink
 
