@@ -41,6 +41,9 @@ def _decode_or_format_error(data: bytes) -> Message | None:
 @example(b"\x40\x01\x00\x01\xe0")
 def test_arbitrary_bytes_decode_or_raise_format_error(data: bytes) -> None:
     message = _decode_or_format_error(data)
+    # Any bytes-like input is read the same way.
+    assert _decode_or_format_error(bytearray(data)) == message
+    assert _decode_or_format_error(memoryview(data)) == message
     if message is not None:
         # Every delta/length value has exactly one wire form and options are
         # ascending on the wire, so anything that decodes re-encodes to itself.
