@@ -357,7 +357,14 @@ class Bench:
             label = f"{n} replica{'s' if n > 1 else ''}"
             try:
                 for r in self.rates():
-                    out.append(self.run(host, port, r, label, "collector", n))
+                    before = fleet.netns.udp_in_datagrams() if fleet.netns else None
+                    run = self.run(host, port, r, label, "collector", n)
+                    if fleet.netns and before is not None:
+                        after = fleet.netns.udp_in_datagrams()
+                        run["replica_datagrams"] = [
+                            a - b for a, b in zip(after, before, strict=True)
+                        ]
+                    out.append(run)
             finally:
                 servers.stop_fleet(fleet)
         return out
@@ -472,9 +479,9 @@ class Bench:
             common = max(passed_all) if passed_all else None
         result["common_rate"] = common
         for s in measured:
-            run = s["runs"].get(f"{common:g}") if common else None
-            s["p99_at_common_ms"] = run["latency_ms"]["p99"] if run else None
-            s["p50_at_common_ms"] = run["latency_ms"]["p50"] if run else None
+            at = s["runs"].get(f"{common:g}") if common else None
+            s["p99_at_common_ms"] = at["latency_ms"]["p99"] if at else None
+            s["p50_at_common_ms"] = at["latency_ms"]["p50"] if at else None
         ref = next((s for s in measured if s["server"] == "collector"), None)
         result["reference_capacity"] = ref["capacity"] if ref else None
         if ref:

@@ -549,6 +549,22 @@ table ip {self.table} {{
             raise ServerError(f"nft: {r.stderr.decode(errors='replace').strip()[:200]}")
         self._done.append(["nft", "delete", "table", "ip", self.table])
 
+    def udp_in_datagrams(self) -> list[int]:
+        """Per replica namespace: UDP datagrams received so far (/proc/net/snmp Udp InDatagrams)."""
+        out = []
+        for ns in self.namespaces:
+            r = subprocess.run(
+                ["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"],
+                capture_output=True,
+                timeout=10,
+            )
+            lines = [ln.split() for ln in r.stdout.decode().splitlines() if ln.startswith("Udp:")]
+            value = -1
+            if len(lines) >= 2 and "InDatagrams" in lines[0]:
+                value = int(lines[1][lines[0].index("InDatagrams")])
+            out.append(value)
+        return out
+
     def teardown(self) -> None:
         while self._done:
             cmd = self._done.pop()

@@ -142,13 +142,15 @@ def build_template(
 
 def health_request(mid: int, token: bytes) -> bytes:
     """A CON GET /health."""
-    return coap.encode(
-        coap.Message(
-            type=coap.Type.CON,
-            code=coap.Code.GET,
-            mid=mid,
-            token=token,
-            options=coap.path_to_options("/health"),
+    return bytes(
+        coap.encode(
+            coap.Message(
+                type=coap.Type.CON,
+                code=coap.Code.GET,
+                mid=mid,
+                token=token,
+                options=coap.path_to_options("/health"),
+            )
         )
     )
 

@@ -1,0 +1,168 @@
+"""The generator's measuring rules, against scripted UDP responders on loopback.
+
+Each responder is a real socket in a thread, scripted to misbehave one way: drop
+first copies (retransmission), answer separately (empty ACK then CON), stall
+(coordinated omission), or not exist (timeouts).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from loadgen.generator import LoadSpec, run_share
+from loadgen.histogram import LogHistogram
+
+Handler = Callable[[socket.socket, bytes, tuple[str, int]], None]
+
+
+@contextmanager
+def responder(handler: Handler) -> Iterator[int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.05)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            handler(sock, data, addr)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        t.join(timeout=2)
+        sock.close()
+
+
+def ack(data: bytes, code: int = 0x41) -> bytes:
+    tkl = data[0] & 0x0F
+    return bytes((0x60 | tkl, code)) + data[2 : 4 + tkl]
+
+
+def spec(port: int, **kw: object) -> LoadSpec:
+    base: dict[str, object] = dict(
+        host="127.0.0.1",
+        port=port,
+        rate=200.0,
+        duration=1.0,
+        warmup=0.0,
+        devices=8,
+        timeout=2.0,
+        bind="127.0.0.1",
+    )
+    base.update(kw)
+    return LoadSpec(**base)  # type: ignore[arg-type]
+
+
+def test_every_request_is_answered_and_counted() -> None:
+    with responder(lambda s, d, a: s.sendto(ack(d), a)) as port:
+        r = run_share(spec(port), 0)
+    assert r["sent"] == 200
+    assert r["answered"] == r["ok"] == 200
+    assert r["codes"] == {"2.01": 200}
+    assert r["timeouts"] == 0 and r["retransmissions"] == 0
+
+
+def test_lost_first_copies_are_retransmitted_and_latency_includes_the_wait() -> None:
+    seen: set[tuple[tuple[str, int], bytes]] = set()
+
+    def drop_first(s: socket.socket, d: bytes, a: tuple[str, int]) -> None:
+        key = (a, d[2:4])
+        if key not in seen:
+            seen.add(key)
+            return
+        s.sendto(ack(d), a)
+
+    with responder(drop_first) as port:
+        r = run_share(spec(port, rate=100.0, ack_timeout=0.2, ack_random_factor=1.0), 0)
+    assert r["sent"] == 100
+    assert r["retransmissions"] == 100
+    assert r["ok"] == 100 and r["timeouts"] == 0
+    lat = LogHistogram.from_dict(r["latency"])
+    assert lat.min is not None and lat.min >= 200_000  # microseconds: one ACK_TIMEOUT
+
+
+def test_separate_responses_are_acked_and_counted_at_the_response() -> None:
+    acks_back: list[bytes] = []
+    mid = [0x4000]
+
+    def separate(s: socket.socket, d: bytes, a: tuple[str, int]) -> None:
+        kind = (d[0] >> 4) & 3
+        if kind == 2:  # the client's empty ACK of our CON response
+            acks_back.append(d)
+            return
+        s.sendto(bytes((0x60, 0x00)) + d[2:4], a)  # empty ACK
+        time.sleep(0.001)
+        mid[0] += 1
+        tkl = d[0] & 0x0F
+        resp = bytes((0x40 | tkl, 0x41)) + mid[0].to_bytes(2, "big") + d[4 : 4 + tkl]
+        s.sendto(resp, a)
+
+    with responder(separate) as port:
+        r = run_share(spec(port, rate=100.0, ack_timeout=0.3, ack_random_factor=1.0), 0)
+        time.sleep(0.1)
+    assert r["ok"] == 100
+    assert r["separate_responses"] == 100
+    assert r["retransmissions"] == 0  # the empty ACK stopped the timer
+    assert len(acks_back) == 100
+    assert all(len(x) == 4 and x[1] == 0 for x in acks_back)
+
+
+def test_a_stalled_server_cannot_hide_its_queue() -> None:
+    """Open loop: requests keep going out during a stall and count from their schedule."""
+    state = {"stalled": False}
+
+    def stall_once(s: socket.socket, d: bytes, a: tuple[str, int]) -> None:
+        if not state["stalled"]:
+            state["stalled"] = True
+            time.sleep(0.5)
+        s.sendto(ack(d), a)
+
+    with responder(stall_once) as port:
+        r = run_share(spec(port, rate=200.0, duration=1.5, timeout=3.0), 0)
+    assert r["sent"] == 300  # the generator did not wait for the server
+    assert r["ok"] == 300
+    lat = LogHistogram.from_dict(r["latency"])
+    # ~100 requests were scheduled during the 0.5 s stall; each waited for its end
+    slow = sum(c for i, c in enumerate(lat.counts) if i >= 0 and _lo(i) >= 100_000)
+    assert slow >= 50
+    assert lat.max >= 450_000
+
+
+def _lo(index: int) -> int:
+    from loadgen.histogram import bucket_bounds
+
+    return bucket_bounds(index)[0]
+
+
+def test_nobody_listening_counts_timeouts() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = run_share(spec(port, rate=100.0, duration=0.5, timeout=0.3, non=True), 0)
+    assert r["sent"] == 50
+    assert r["answered"] == 0
+    assert r["timeouts"] == 50
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_warmup_requests_are_sent_but_not_measured(procs: int) -> None:
+    with responder(lambda s, d, a: s.sendto(ack(d), a)) as port:
+        sp = spec(port, rate=100.0, duration=1.0, warmup=0.5, procs=procs)
+        results = [run_share(sp, i, start=time.monotonic() + 0.05) for i in range(procs)]
+    assert sum(r["sent_total"] for r in results) == 150
+    assert sum(r["sent"] for r in results) == 100
+    assert sum(r["ok"] for r in results) == 100
