@@ -1,12 +1,14 @@
 """Bytes to :class:`Message` and back (RFC 7252 §3).
 
 Decoding is on the server's hot path, so :func:`decode` is one pass over the
-datagram with everything bound to locals: the common case (option delta and
-length below 13) costs two shifts and a slice per option, no per-option object
-besides the ``(number, value)`` tuple, and out-of-range reads of extension bytes
-are caught once as IndexError rather than tested byte by byte. Every rule of §3
-is still checked; every failure is a :class:`MessageFormatError` carrying the
-header fields recovered so far.
+datagram with everything bound to locals: header bytes are classified by table
+lookups, the common option (delta and length below 13) costs a shift, a mask and
+a slice, no per-option object is built besides the ``(number, value)`` tuple,
+reads of extension bytes past the end are caught once as IndexError rather than
+tested byte by byte, and the Message is built by switching the class of a
+same-layout draft (see :class:`_Draft`). Every rule of §3 is still checked;
+every failure is a :class:`MessageFormatError` carrying the header fields
+recovered so far.
 
 Behaviour this module decides (RFC text that leaves a choice):
 

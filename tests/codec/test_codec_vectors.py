@@ -317,3 +317,30 @@ def test_decoded_message_is_a_real_frozen_message(datagram: bytes) -> None:
     # says so with a TypeError, as it does for a constructed Message).
     with pytest.raises((AttributeError, TypeError)):
         decoded.extra = 1  # type: ignore[attr-defined]
+
+
+# (id, options) that encode must refuse however they are ordered.
+BAD_OPTION_ORDERS = [
+    ("too-big-after-unsorted", ((12, b""), (11, b""), (70000, b""))),
+    ("negative-in-the-middle", ((11, b""), (-3, b""), (12, b""))),
+    ("too-big-first-unsorted", ((70000, b""), (11, b""))),
+]
+
+
+@pytest.mark.parametrize(
+    "options", [r[1] for r in BAD_OPTION_ORDERS], ids=[r[0] for r in BAD_OPTION_ORDERS]
+)
+def test_encode_refuses_out_of_range_numbers_in_any_order(
+    options: tuple[tuple[int, bytes], ...],
+) -> None:
+    with pytest.raises(MessageFormatError, match="0-65535"):
+        coap.encode(Message(Type.CON, Code.GET, 1, options=options))
+
+
+def test_encode_extended_forms_after_sorting() -> None:
+    # The out-of-order path must produce exactly what the sorted input gives.
+    ordered = ((11, b"x" * 300), (300, b"y" * 13), (2049, b""))
+    shuffled = (ordered[2], ordered[0], ordered[1])
+    assert coap.encode(Message(Type.CON, Code.POST, 9, options=shuffled)) == coap.encode(
+        Message(Type.CON, Code.POST, 9, options=ordered)
+    )
