@@ -61,6 +61,8 @@ PROBE_INTERVAL: Final = 0.5
 #: First and largest pause between retries of 429/5xx items (doubling in between).
 BACKOFF_FIRST: Final = 0.05
 BACKOFF_MAX: Final = 1.0
+#: Seconds a bulk request may run past the retry deadline before it counts as a timeout.
+REQUEST_GRACE: Final = 1.0
 #: healthy() trusts a successful contact this recent instead of asking again.
 HEALTH_FRESH: Final = 1.0
 #: Elasticsearch refuses a document `_id` longer than this many bytes.
@@ -165,7 +167,8 @@ def index_name(prefix: str, timestamp_ms: int) -> str:
 
 def describe_connection_error(exc: BaseException) -> str:
     """A short phrase for why Elasticsearch could not be reached."""
-    text = f"{exc} {exc.__cause__ or ''} {getattr(exc, 'errors', '')}".lower()
+    parts = (exc, getattr(exc, "message", ""), exc.__cause__ or "", getattr(exc, "errors", ""))
+    text = " ".join(str(p) for p in parts).lower()
     if isinstance(exc, ConnectionTimeout) or "timeout" in text or "timed out" in text:
         return "timed out"
     if "refused" in text or "connect call failed" in text:
@@ -311,11 +314,17 @@ class ElasticsearchSink:
         while pending:
             retry: list[int] = []
             retry_reason = ""
-            timeout = max(0.5, give_up - loop.time())
+            remaining = give_up - loop.time()
             try:
-                response = await self._client.options(request_timeout=timeout).bulk(
+                # `timeout` bounds Elasticsearch's wait for an unavailable shard to half of
+                # what is left, so such items come back as 503 (retryable per item) well
+                # before the HTTP request itself times out (which marks the store down).
+                response = await self._client.options(
+                    request_timeout=max(1.0, remaining) + REQUEST_GRACE
+                ).bulk(
                     operations=b"".join([lines[i] for i in pending]),  # type: ignore[arg-type]
                     filter_path=_FILTER_PATH,
+                    timeout=f"{max(50, int(remaining * 500))}ms",
                 )
             except ApiError as exc:
                 # The whole request was refused (429 queue full, 503 no master, 401...).
