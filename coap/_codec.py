@@ -333,6 +333,8 @@ def encode(message: Message) -> bytes:
             head = 0xD0
             dext = byte[delta - 13]
         else:
+            if number > MAX_OPTION_NUMBER:
+                raise MessageFormatError("option numbers must be 0-65535")
             head = 0xE0
             dext = (delta - 269).to_bytes(2, "big")
         if length < 13:
