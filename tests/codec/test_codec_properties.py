@@ -80,3 +80,33 @@ def test_uint_round_trip_is_minimal(n: int) -> None:
     assert coap.decode_uint(encoded) == n
     assert encoded[:1] != b"\x00"
     assert len(encoded) == (n.bit_length() + 7) // 8
+
+
+# Well-typed but possibly out-of-range fields: what a buggy caller could build.
+_wild_messages = st.builds(
+    Message,
+    st.integers(-2, 6),
+    st.integers(-2, 300),
+    st.integers(-2, 70000),
+    st.binary(max_size=10),
+    st.lists(st.tuples(st.integers(-5, 140000), st.binary(max_size=20)), max_size=5).map(tuple),
+    st.binary(max_size=5),
+)
+
+
+@settings(deadline=None)
+@given(_wild_messages)
+def test_encode_returns_a_decodable_datagram_or_raises_format_error(message: Message) -> None:
+    try:
+        datagram = coap.encode(message)
+    except MessageFormatError:
+        return
+    decoded = coap.decode(datagram)
+    assert decoded.options == tuple(sorted(message.options, key=lambda o: o[0]))
+    assert (decoded.type, decoded.code, decoded.mid, decoded.token, decoded.payload) == (
+        message.type,
+        message.code,
+        message.mid,
+        message.token,
+        message.payload,
+    )
