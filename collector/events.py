@@ -18,7 +18,8 @@ Choices an operator should know:
   time. (SenML follows RFC 8428 instead: unknown labels are ignored unless they end
   in `_`.)
 - Strings (namespace, sender, origin, type, unit, id) must be non-empty text of at
-  most `max_string` characters; a string value at most `max_value_string`.
+  most `max_string` characters; a string value at most `max_value_string`. The
+  optional fields (namespace, unit, timestamp, id) may also be null: absent.
 - `payload.value` is a finite number (stored as float), a string or a boolean.
 - `timestamp` is an RFC 3339 date-time with `Z` or an offset (fractional seconds
   are truncated to milliseconds), or a number of epoch seconds; the instant must
@@ -40,6 +41,7 @@ duplicate detection covers retransmissions of the same exchange.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import math
@@ -192,6 +194,33 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
     return era * 146097 + doe - 719468
 
 
+def _rfc3339_ms(m: re.Match[str]) -> int | None:
+    """Epoch ms of a matched RFC 3339 date-time; None for an impossible date."""
+    year, month, day = int(m[1]), int(m[2]), int(m[3])
+    hour, minute, second = int(m[4]), int(m[5]), int(m[6])
+    if not 1 <= month <= 12 or day < 1:
+        return None
+    leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if day > _DAYS_IN_MONTH[month] + leap:
+        return None
+    # Seconds may be 60 (a leap second, RFC 3339 §5.7); it counts into the next minute.
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    if m[8] is not None:
+        off_h, off_m = int(m[9]), int(m[10])
+        if off_h > 23 or off_m > 59:
+            return None
+        offset = off_h * 3600 + off_m * 60
+        seconds -= offset if m[8] == "+" else -offset
+    frac = m[7]
+    return seconds * 1000 + (int(frac[:3].ljust(3, "0")) if frac else 0)
+
+
+_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_ONE_MS: Final = datetime.timedelta(milliseconds=1)
+
+
 def parse_timestamp(value: Any) -> int | None:
     """Epoch milliseconds of an RFC 3339 string or epoch-seconds number.
 
@@ -203,25 +232,16 @@ def parse_timestamp(value: Any) -> int | None:
         m = _RFC3339.match(value)
         if m is None:
             return None
-        year, month, day = int(m[1]), int(m[2]), int(m[3])
-        hour, minute, second = int(m[4]), int(m[5]), int(m[6])
-        if not 1 <= month <= 12 or day < 1:
-            return None
-        leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-        if day > _DAYS_IN_MONTH[month] + leap:
-            return None
-        # Seconds may be 60 (a leap second, RFC 3339 §5.7); it counts into the next minute.
-        if hour > 23 or minute > 59 or second > 60:
-            return None
-        seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-        if m[8] is not None:
-            off_h, off_m = int(m[9]), int(m[10])
-            if off_h > 23 or off_m > 59:
+        # The regex fixed the shape; the C parser is the fast path for the common
+        # forms, our arithmetic the fallback for the rest (leap second, lower-case
+        # t/z) and the judge of impossible dates.
+        try:
+            ms = (datetime.datetime.fromisoformat(value) - _EPOCH) // _ONE_MS
+        except (ValueError, OverflowError):
+            slow = _rfc3339_ms(m)
+            if slow is None:
                 return None
-            offset = off_h * 3600 + off_m * 60
-            seconds -= offset if m[8] == "+" else -offset
-        frac = m[7]
-        ms = seconds * 1000 + (int(frac[:3].ljust(3, "0")) if frac else 0)
+            ms = slow
     elif tv is int:
         ms = value * 1000
     elif tv is float:
@@ -286,32 +306,39 @@ def _event(
     get = obj.get
     found = 3  # sender, origin, payload are required; checked below
     limit = limits.max_string
-
+    # Hot path: each check is inlined for the valid case; `_text` words the error.
     sender = get("sender", _MISSING)
-    if sender is _MISSING:
-        _fail(index, "sender", "required")
-    sender = _text(sender, index, "sender", limit)
+    if type(sender) is not str or not 0 < len(sender) <= limit:
+        if sender is _MISSING:
+            _fail(index, "sender", "required")
+        _text(sender, index, "sender", limit)
     origin = get("origin", _MISSING)
-    if origin is _MISSING:
-        _fail(index, "origin", "required")
-    origin = _text(origin, index, "origin", limit)
+    if type(origin) is not str or not 0 < len(origin) <= limit:
+        if origin is _MISSING:
+            _fail(index, "origin", "required")
+        _text(origin, index, "origin", limit)
 
+    # Optional fields: absent or null mean "use the default".
     namespace = get("namespace", _MISSING)
     if namespace is _MISSING:
         namespace = "default"
     else:
-        namespace = _text(namespace, index, "namespace", limit)
         found += 1
+        if namespace is None:
+            namespace = "default"
+        elif type(namespace) is not str or not 0 < len(namespace) <= limit:
+            _text(namespace, index, "namespace", limit)
 
     payload = get("payload", _MISSING)
-    if payload is _MISSING:
-        _fail(index, "payload", "required")
     if type(payload) is not dict:
+        if payload is _MISSING:
+            _fail(index, "payload", "required")
         _fail(index, "payload", "must be an object")
     ptype = payload.get("type", _MISSING)
-    if ptype is _MISSING:
-        _fail(index, "payload.type", "required")
-    ptype = _text(ptype, index, "payload.type", limit)
+    if type(ptype) is not str or not 0 < len(ptype) <= limit:
+        if ptype is _MISSING:
+            _fail(index, "payload.type", "required")
+        _text(ptype, index, "payload.type", limit)
     value = payload.get("value", _MISSING)
     tv = type(value)
     if tv is float:
@@ -332,14 +359,18 @@ def _event(
         if len(payload) != 2:
             _unknown(payload, _PAYLOAD_FIELDS, index, "payload.")
     else:
-        unit = _text(unit, index, "payload.unit", limit)
+        if unit is not None and (type(unit) is not str or not 0 < len(unit) <= limit):
+            _text(unit, index, "payload.unit", limit)
         if len(payload) != 3:
             _unknown(payload, _PAYLOAD_FIELDS, index, "payload.")
 
     raw_ts = get("timestamp", _MISSING)
-    if raw_ts is _MISSING:
+    received: tuple[str, int, int] | None = None
+    if raw_ts is _MISSING or raw_ts is None:
+        if raw_ts is None:
+            found += 1
         timestamp_ms = received_ms
-        received: tuple[str, int, int] | None = (source, mid, max(index, 0))
+        received = (source, mid, index if index > 0 else 0)
     else:
         found += 1
         ts = parse_timestamp(raw_ts)
@@ -350,15 +381,15 @@ def _event(
                 )
             _fail(index, "timestamp", "must be an RFC 3339 string or epoch seconds")
         timestamp_ms = ts
-        received = None
 
     event_id = get("id", _MISSING)
     if event_id is not _MISSING:
         found += 1
-        event_id = _text(event_id, index, "id", limit)
+        if event_id is not None and (type(event_id) is not str or not 0 < len(event_id) <= limit):
+            _text(event_id, index, "id", limit)
     if len(obj) != found:
         _unknown(obj, _EVENT_FIELDS, index, "")
-    if event_id is _MISSING:
+    if event_id is _MISSING or event_id is None:
         event_id = _content_id(
             namespace, sender, origin, ptype, value, unit, timestamp_ms, received
         )

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coap.codes import Code
 from collector.events import (
+    _RFC3339,
+    MAX_TIMESTAMP_MS,
     EventError,
     InvalidEvent,
     Limits,
     UnsupportedFormat,
+    _rfc3339_ms,
     parse_timestamp,
 )
 
@@ -45,6 +52,23 @@ def test_defaults_namespace_unit_timestamp() -> None:
     assert event.timestamp_ms == RECEIVED_MS
     assert event.value == 15.0 and type(event.value) is float
     assert len(event.id) == 32 and int(event.id, 16) >= 0
+
+
+def test_null_optional_fields_mean_absent() -> None:
+    [event] = decode(
+        body(
+            namespace=None, timestamp=None, id=None, payload={"type": "t", "value": 1, "unit": None}
+        )
+    )
+    [plain] = decode(body(payload={"type": "t", "value": 1}))
+    assert event == plain
+    assert (event.namespace, event.unit, event.timestamp_ms) == ("default", None, RECEIVED_MS)
+
+
+@pytest.mark.parametrize("field", ["sender", "origin"])
+def test_null_required_fields_are_rejected(field: str) -> None:
+    with pytest.raises(InvalidEvent, match=rf"^{field}: must be a string$"):
+        decode(body(**{field: None}))
 
 
 @pytest.mark.parametrize("content_format", [None, 50])
@@ -118,13 +142,40 @@ def test_timestamp_forms(timestamp: object, expected_ms: int) -> None:
         253402300800,  # year 10000
         1527862104771,  # milliseconds sent as seconds: year ~50000
         True,
-        None,
         [2018],
     ],
 )
 def test_bad_timestamps_are_rejected(timestamp: object) -> None:
     with pytest.raises(InvalidEvent, match=r"^timestamp: "):
         decode(body(timestamp=timestamp))
+
+
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(1969, 12, 30), max_value=datetime.datetime(9999, 12, 31)
+    ),
+    st.integers(-23 * 60 - 59, 23 * 60 + 59),
+    st.integers(0, 9),
+    st.sampled_from("Tt "),
+    st.booleans(),
+)
+def test_rfc3339_fast_path_agrees_with_the_arithmetic(
+    moment: datetime.datetime, offset_min: int, digits: int, sep: str, zulu: bool
+) -> None:
+    text = moment.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    if digits:
+        text += "." + f"{moment.microsecond:06d}{moment.microsecond % 1000:03d}"[:digits]
+    if zulu and offset_min == 0:
+        text += "Z"
+    else:
+        sign = "+" if offset_min >= 0 else "-"
+        text += f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+    match = _RFC3339.match(text)
+    assert match is not None
+    expected = _rfc3339_ms(match)
+    assert expected is not None
+    in_range = 0 <= expected < MAX_TIMESTAMP_MS
+    assert parse_timestamp(text) == (expected if in_range else None)
 
 
 def test_parse_timestamp_rejects_non_finite() -> None:
