@@ -291,11 +291,18 @@ def run_share(
             wait = rtx[0][0] - now
         if wait > 0.01:
             wait = 0.01
-        if wait > 0:
+        if wait >= 0.002:
+            # whole milliseconds: one epoll_wait (rounded down, never oversleeping)
+            events = poll(math.floor(wait * 1000.0) / 1000.0)
+        elif wait > 0:
+            # sub-millisecond: select() on the epoll fd has microsecond timeouts
             r, _, _ = sel(epfd, [], [], wait)
             if not r:
                 continue
-        for fd, _ev in poll(0):
+            events = poll(0)
+        else:
+            events = poll(0)
+        for fd, _ev in events:
             dev = fd2dev[fd]
             try:
                 data = recvs[dev](2048)
