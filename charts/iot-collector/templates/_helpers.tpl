@@ -70,9 +70,9 @@ The collector image reference.
 {{- end }}
 
 {{/*
-Worker processes per pod: collector.workers when set, else the whole cores of
-resources.limits.cpu (falling back to requests), at least 1. Rounding down, as
-Go's automaxprocs does, keeps the workers within the CFS quota.
+Worker processes per pod: collector.workers when set, else resources.limits.cpu
+(falling back to requests) rounded up to whole cores, the same rule the
+collector applies to its cgroup quota when COLLECTOR_WORKERS is unset.
 */}}
 {{- define "iot-collector.workers" -}}
 {{- if gt (int .Values.collector.workers) 0 }}
@@ -85,7 +85,7 @@ Go's automaxprocs does, keeps the workers within the CFS quota.
 {{- else }}
 {{- $milli = mulf (float64 $cpu) 1000 | int }}
 {{- end }}
-{{- max 1 (div $milli 1000) }}
+{{- max 1 (div (add $milli 999) 1000) }}
 {{- end }}
 {{- end }}
 
