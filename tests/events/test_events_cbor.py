@@ -9,7 +9,7 @@ import uuid
 import cbor2
 import pytest
 
-from collector.events import InvalidEvent
+from collector.events import InvalidEvent, Limits
 
 from .helpers import RECEIVED_MS, decode
 
@@ -119,3 +119,12 @@ def test_tagged_values_are_refused(semantic: object) -> None:
     payload = cbor2.dumps({**EVENT, "payload": {"type": "t", "value": semantic}})
     with pytest.raises(InvalidEvent, match=r"^body: CBOR tags are not accepted$"):
         decode(payload, 60)
+
+
+@pytest.mark.parametrize("size", [10, 4096, 12000])
+def test_trailing_bytes_are_found_past_the_decoder_read_size(size: int) -> None:
+    # cbor2 reads its stream in chunks; the check must still see the item's true end.
+    item = cbor2.dumps({**EVENT, "payload": {"type": "t", "value": "x" * size}})
+    assert decode(item, 60, limits=Limits(max_value_string=size))[0].value == "x" * size
+    with pytest.raises(InvalidEvent, match=r"^body: trailing bytes after the CBOR item$"):
+        decode(item + b"\x00", 60, limits=Limits(max_value_string=size))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def event(event_id: str, value: float | str | bool = 1.5, unit: str | None = "Ce
 
 
 def rows(path: Path) -> list[tuple[object, ...]]:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         return conn.execute("SELECT * FROM events ORDER BY id").fetchall()
 
 
@@ -81,7 +82,7 @@ def test_schema_and_indexes(tmp_path: Path) -> None:
             await sink.close()
 
     asyncio.run(main())
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
         indexes = {r[1]: r for r in conn.execute("PRAGMA index_list(events)")}
         indexed = {
