@@ -287,7 +287,10 @@ def _unknown(obj: dict[Any, Any], known: frozenset[str], index: int, prefix: str
     key = next(k for k in obj if k not in known)
     if type(key) is str:
         _fail(index, prefix + key[:40], "unknown field")
-    _fail(index, prefix.rstrip(".") or "event", "field names must be strings")
+    if prefix:
+        _fail(index, prefix.rstrip("."), "field names must be strings")
+    where = f"event[{index}]" if index >= 0 else "body"
+    raise InvalidEvent(f"{where}: field names must be strings")
 
 
 def _event(

@@ -71,6 +71,12 @@ def test_epoch_timestamp_and_default() -> None:
         (b"\xd9\xd9\xf7" + cbor2.dumps(EVENT), "body: CBOR tags are not accepted"),  # 55799
         (b"\xd8\x63\x01", "body: CBOR tags are not accepted"),  # unknown tag 99
         (cbor2.dumps({1: "x"}), "body: malformed CBOR"),  # integer keys
+        (cbor2.dumps({**EVENT, b"k": 1}), "body: field names must be strings"),
+        (cbor2.dumps([EVENT, {**EVENT, b"k": 1}]), "event[1]: field names must be strings"),
+        (
+            cbor2.dumps({**EVENT, "payload": {"type": "t", "value": 1, b"k": 1}}),
+            "payload: field names must be strings",
+        ),
         (b"\xa2\x61a\x01\x61a\x02", "body: malformed CBOR"),  # duplicate keys
         (b"\x81" * 100 + b"\x00", "body: malformed CBOR"),  # nested too deeply
         (cbor2.dumps([]), "body: empty array of events"),
