@@ -325,8 +325,8 @@ class Collector:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
-    def stderr_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.stderr().splitlines()[-lines:])
+    def stderr_tail(self, lines: int = 12, width: int = 600) -> str:
+        return "\n".join(line[:width] for line in self.stderr().splitlines()[-lines:])
 
     def log_lines(self) -> list[dict[str, Any]]:
         out = []
@@ -389,6 +389,7 @@ def start_collector(
     *,
     env: Mapping[str, str] | None = None,
     wait: bool = True,
+    start_timeout: float = START_TIMEOUT,
     **flags: Any,
 ) -> Collector:
     """Start `iot-collector serve` with `flags` (defaults: loopback, port 0, 1 worker,
@@ -424,7 +425,7 @@ def start_collector(
     )
     if not wait:
         return server
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + start_timeout
     try:
         while server.port == 0:  # port 0: learn the port from the "serving" line
             if proc.poll() is not None or time.monotonic() > deadline:
