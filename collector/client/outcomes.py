@@ -15,7 +15,8 @@ from typing import Any, Final, TextIO
 import cbor2
 import orjson
 
-from coap import ContentFormat
+from coap import ContentFormat, OptionNumber
+from coap.codes import code_class as coap_class
 from coap.codes import is_success
 
 from .endpoint import ExchangeReset, RequestError, RequestTimeout, Response
@@ -79,6 +80,9 @@ def format_answer(
         diagnostic = describe_payload(outcome)
         if diagnostic:
             line += f" -- {diagnostic}"
+        max_age = outcome.message.uint_option(OptionNumber.MAX_AGE)
+        if max_age is not None and coap_class(outcome.code) == 5:
+            line += f" (retry after {max_age} s)"
     return line
 
 

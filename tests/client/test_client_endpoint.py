@@ -12,8 +12,9 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import pytest
 
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 FAST = TransmissionParameters(ack_timeout=0.05, ack_random_factor=1.5, max_retransmit=3)
 
+T = TypeVar("T")
 Handler = Callable[["ScriptedServer", Message, tuple[str, int]], None]
 
 
@@ -77,8 +79,8 @@ def _answer(request: Message, code: int = Code.CREATED, payload: bytes = b"") ->
     return Message(Type.ACK, code, request.mid, request.token, payload=payload)
 
 
-def _run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 def test_con_is_retransmitted_with_doubling_timeouts_then_times_out() -> None:
@@ -93,7 +95,7 @@ def test_con_is_retransmitted_with_doubling_timeouts_then_times_out() -> None:
         transport.close()
         return server, waited
 
-    server, waited = _run(scenario())  # type: ignore[misc]
+    server, waited = _run(scenario())
     copies = server.requests()
     assert len(copies) == 1 + FAST.max_retransmit
     assert {(m.mid, m.token, m.type) for m in copies} == {

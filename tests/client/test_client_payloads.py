@@ -120,7 +120,7 @@ def test_incremental_values_are_clamped() -> None:
     assert list(islice(incremental_values(-5, 1, 0, 10), 2)) == [0, 0]
 
 
-_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+_text = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=20)
 _name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20)
 _values = st.one_of(
     st.booleans(),

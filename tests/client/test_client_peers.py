@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import cbor2
 import orjson
@@ -87,7 +89,7 @@ def test_libcoap_separate_response_is_received_and_acked(libcoap_server: int) ->
 
 # -- aiocoap ---------------------------------------------------------------------
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[bytes], Any]] = {
     50: orjson.loads,
     60: cbor2.loads,
     110: orjson.loads,
