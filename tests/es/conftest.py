@@ -4,9 +4,11 @@
   run), else an instance of our own on a free port, stopped at the end of the session.
 - `es`: a synchronous client on it; `es_prefix`: an index prefix unique to the test,
   whose indices and template are deleted afterwards, so tests never collide.
-- `es_instance_factory`: private instances (own port, own state directory) for the fault
-  tests that stop Elasticsearch in the middle of a load, or that need x-pack security.
-  Each is stopped by its pidfile at the end of the test.
+- `private_es` (session): one private instance (own port, own state directory) with
+  x-pack security on (user `elastic`, password PRIVATE_PASSWORD), for the auth tests and
+  the fault tests that stop Elasticsearch in the middle of a load. A test that stops it
+  starts it again; each start costs tens of seconds on a small box, hence one per run.
+- `es_instance_factory`: further private instances, stopped at the end of the test.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from .helpers import EsInstance, new_instance
+from .helpers import PRIVATE_PASSWORD, EsInstance, new_instance
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +57,17 @@ def es_prefix(es: Elasticsearch) -> Iterator[str]:
     yield prefix
     es.options(ignore_status=404).indices.delete(index=f"{prefix}-*", expand_wildcards="all")
     es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-template")
+
+
+@pytest.fixture(scope="session")
+def private_es() -> Iterator[EsInstance]:
+    instance = new_instance(security=True, password=PRIVATE_PASSWORD)
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(instance.state_dir, ignore_errors=True)
 
 
 @pytest.fixture

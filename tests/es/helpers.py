@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import random
+import signal
 import socket
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from elasticsearch import Elasticsearch
+
+import coap
+from coap import Code, ContentFormat, Message, OptionNumber, Type
 
 ROOT = Path(__file__).resolve().parents[2]
 ES_SH = ROOT / "scripts" / "es.sh"
+#: The `elastic` user's bootstrap password on the private (x-pack security) instance.
+PRIVATE_PASSWORD = "collector-test-pw"
 
 
 def free_port() -> int:
@@ -60,13 +71,20 @@ class EsInstance:
         return done.stdout
 
     def start(self) -> str:
-        out = self._run("start", timeout=180)
+        """Start (or find running) and wait until healthy; returns the URL."""
+        out = self._run("start", timeout=240)
         url = out.strip().splitlines()[-1]
         assert url == self.url
         return url
 
     def stop(self, keep_data: bool = False) -> None:
         self._run("stop", timeout=60, ES_KEEP_STATE="1" if keep_data else "0")
+
+    def sink_config(self, prefix: str, **overrides: Any) -> SimpleNamespace:
+        if self.security:
+            overrides.setdefault("es_username", "elastic")
+            overrides.setdefault("es_password", self.password)
+        return sink_config(self.url, prefix, **overrides)
 
     def client(self, **kwargs: Any) -> Elasticsearch:
         if self.security:
@@ -96,3 +114,206 @@ def sink_config(url: str, prefix: str, **overrides: Any) -> SimpleNamespace:
     }
     values.update(overrides)
     return SimpleNamespace(**values)
+
+
+# --- the collector, as a process -------------------------------------------------
+
+COLLECTOR_BIN = ROOT / ".venv" / "bin" / "iot-collector"
+COLLECTOR_START_TIMEOUT = 60.0  # seconds to the "serving" line and a 2.05 on /health
+
+
+@dataclass
+class Collector:
+    """`iot-collector serve` run as a subprocess; stopped by its PID."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    stderr_path: Path
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.proc.wait())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            workers = _children(self.proc.pid)
+            self.proc.kill()
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def start_collector(workdir: Path, es_url: str, prefix: str, **flags: Any) -> Collector:
+    """Start the collector on a free loopback port with the elasticsearch sink and wait
+    until GET /health answers 2.05. `flags` are extra options (underscores for dashes)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    opts: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "workers": 1,
+        "metrics_port": 0,
+        "sink": "elasticsearch",
+        "es_url": es_url,
+        "es_index_prefix": prefix,
+        "store_wait": 30,
+    }
+    opts.update(flags)
+    argv = [str(COLLECTOR_BIN), "serve"]
+    for key, value in opts.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    stderr_path = workdir / f"collector-{time.monotonic_ns()}.stderr"
+    with stderr_path.open("wb") as err:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
+        )
+    server = Collector(proc, 0, stderr_path)
+    deadline = time.monotonic() + COLLECTOR_START_TIMEOUT
+    try:
+        while server.port == 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("no 'serving' line")
+            for line in server.stderr().splitlines():
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("msg") == "serving":
+                        server.port = int(record["port"])
+            time.sleep(0.05)
+        with CoapClient(server.port) as client:
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("GET /health never answered 2.05")
+                reply = client.request(Code.GET, "health", timeout=0.5, retransmit=False)
+                if reply is not None and reply.code == Code.CONTENT:
+                    break
+                time.sleep(0.1)
+    except AssertionError as exc:
+        rc = proc.poll()
+        server.kill()
+        tail = "\n".join(server.stderr().splitlines()[-20:])
+        raise AssertionError(f"collector did not come up ({exc}; exit {rc}):\n{tail}") from None
+    return server
+
+
+# --- CoAP over a real UDP socket ---------------------------------------------------
+
+
+class CoapClient:
+    """A small synchronous CoAP client on one UDP socket (one source port)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.server = (host, port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self._mid = random.randrange(0x10000)
+
+    def __enter__(self) -> CoapClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.sock.close()
+
+    def next_mid(self) -> int:
+        self._mid = (self._mid + 1) & 0xFFFF
+        return self._mid
+
+    def build(
+        self,
+        code: int,
+        path: str,
+        payload: bytes = b"",
+        fmt: int | None = None,
+        mid: int | None = None,
+    ) -> Message:
+        options: list[tuple[int, bytes]] = [(int(OptionNumber.URI_PATH), path.encode())]
+        if fmt is not None:
+            options.append((int(OptionNumber.CONTENT_FORMAT), coap.encode_uint(fmt)))
+        return Message(
+            Type.CON,
+            code,
+            self.next_mid() if mid is None else mid,
+            os.urandom(4),
+            tuple(options),
+            payload,
+        )
+
+    def send(self, msg: Message) -> None:
+        self.sock.sendto(coap.encode(msg), self.server)
+
+    def transact(
+        self, msg: Message, timeout: float = 10.0, retransmit: bool = True
+    ) -> Message | None:
+        """Send `msg` (retransmitted every second) and return its final response, skipping
+        an empty ACK and ACKing a separate response; None after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        self.send(msg)
+        resend = time.monotonic() + 1.0 if retransmit else deadline
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            self.sock.settimeout(max(0.001, min(deadline, resend) - now))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                if time.monotonic() >= resend:
+                    self.send(msg)
+                    resend = time.monotonic() + 1.0
+                continue
+            reply = coap.decode(data)
+            if reply.type == Type.ACK and reply.code == Code.EMPTY and reply.mid == msg.mid:
+                resend = deadline  # a separate response will follow
+                continue
+            if reply.type == Type.CON:
+                self.sock.sendto(coap.encode(Message(Type.ACK, Code.EMPTY, reply.mid)), self.server)
+            if reply.token == msg.token:
+                return reply
+
+    def request(
+        self,
+        code: int,
+        path: str,
+        payload: bytes = b"",
+        fmt: int | None = None,
+        timeout: float = 10.0,
+        retransmit: bool = True,
+    ) -> Message | None:
+        return self.transact(self.build(code, path, payload, fmt), timeout, retransmit)
+
+    def post_json(self, body: Any, timeout: float = 10.0) -> Message | None:
+        return self.request(Code.POST, "events", orjson.dumps(body), ContentFormat.JSON, timeout)
+
+
+def es_ids_present(client: Elasticsearch, index: str, ids: list[str]) -> set[str]:
+    """Which of `ids` are stored (by `_id`) in `index` (a pattern), after a refresh."""
+    client.indices.refresh(index=index, allow_no_indices=True, ignore_unavailable=True)
+    found: set[str] = set()
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        res = client.search(
+            index=index,
+            query={"ids": {"values": chunk}},
+            size=len(chunk),
+            source=False,
+            ignore_unavailable=True,
+            allow_no_indices=True,
+        )
+        found.update(h["_id"] for h in res["hits"]["hits"])
+    return found

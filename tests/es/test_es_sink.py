@@ -219,13 +219,11 @@ def test_start_against_a_dead_url_gives_up_with_one_clear_line():
     assert waited < 30
 
 
-def test_store_down_mid_load_fails_fast_then_recovers(
-    es_instance_factory: Callable[..., EsInstance],
-):
+def test_store_down_mid_load_fails_fast_then_recovers(private_es: EsInstance):
     """Stop a private Elasticsearch while batches flow: writes turn FAILED at once,
     healthy() says False, and the same sink stores again once it is back."""
-    instance = es_instance_factory()
-    prefix = "fault"
+    instance = private_es
+    prefix = f"fault{uuid.uuid4().hex[:8]}"
     acked: list[str] = []
     log: list[tuple[float, Outcome, float]] = []  # (time, outcome, seconds the write took)
     stopped_at: list[float] = []
@@ -236,7 +234,7 @@ def test_store_down_mid_load_fails_fast_then_recovers(
         instance.stop(keep_data=True)
 
     async def main() -> tuple[bool, bool, list[Outcome]]:
-        sink = ElasticsearchSink(sink_config(instance.url, prefix), worker=0)
+        sink = ElasticsearchSink(instance.sink_config(prefix), worker=0)
         try:
             await sink.start()
             stopper = threading.Thread(target=stop_soon)
@@ -292,11 +290,9 @@ def test_store_down_mid_load_fails_fast_then_recovers(
     assert set(acked) == found
 
 
-def test_basic_auth_with_security_enabled(es_instance_factory: Callable[..., EsInstance]):
-    instance = es_instance_factory(security=True, password="collector-test-pw")
-    good = sink_config(
-        instance.url, "secure", es_username="elastic", es_password="collector-test-pw"
-    )
+def test_basic_auth_with_security_enabled(private_es: EsInstance):
+    instance = private_es
+    good = instance.sink_config("secure")
     assert outcomes(with_sink(good, lambda s: s.write([event()]))) == [Outcome.STORED]
 
     wrong = sink_config(

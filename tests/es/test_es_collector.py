@@ -1,0 +1,277 @@
+"""End to end: CoAP over real UDP into `iot-collector serve`, stored in a real Elasticsearch.
+
+The collector runs as a subprocess with the elasticsearch sink; the test speaks CoAP from
+its own sockets and reads the index with the Python client. Load loops are bounded in
+count and time and send to loopback only.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import orjson
+import pytest
+from elasticsearch import Elasticsearch
+
+from coap import Code, ContentFormat, OptionNumber
+
+from .helpers import CoapClient, Collector, EsInstance, es_ids_present, start_collector
+
+pytestmark = [pytest.mark.es, pytest.mark.integration]
+
+DAY_2001_01_01_ISO = "2001-01-01T12:00:00.000Z"
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "sender": "e2e",
+        "origin": "probe1",
+        "payload": {"type": "temperature", "value": 15.5, "unit": "Cel"},
+        "id": f"e2e-{uuid.uuid4().hex}",
+    }
+    event.update(overrides)
+    return event
+
+
+def search(es: Elasticsearch, prefix: str, **term: Any) -> list[dict[str, Any]]:
+    es.indices.refresh(index=f"{prefix}-*", allow_no_indices=True)
+    res = es.search(index=f"{prefix}-*", query={"term": term}, size=100)
+    return [h["_source"] | {"_id": h["_id"]} for h in res["hits"]["hits"]]
+
+
+@pytest.fixture
+def collector(tmp_path: Path, es_url: str, es_prefix: str):
+    started: list[Collector] = []
+
+    def make(url: str = es_url, prefix: str = es_prefix, **flags: Any) -> Collector:
+        server = start_collector(tmp_path / f"c{len(started)}", url, prefix, **flags)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.terminate()
+
+
+def test_json_cbor_senml_are_stored_with_their_values(
+    collector: Any, es: Elasticsearch, es_prefix: str
+):
+    server = collector()
+    tag = uuid.uuid4().hex[:8]
+    as_json = body(origin=f"json-{tag}", timestamp="2026-11-25T14:08:24.771Z")
+    as_cbor = body(origin=f"cbor-{tag}", payload={"type": "door", "value": True})
+    now = time.time()
+    senml_pack = [{"bn": f"senml-{tag}/", "bt": now, "n": "humidity", "v": 41.5, "u": "%RH"}]
+    with CoapClient(server.port) as client:
+        replies = [
+            client.post_json(as_json),
+            client.request(Code.POST, "events", cbor2.dumps(as_cbor), ContentFormat.CBOR),
+            client.request(Code.POST, "events", orjson.dumps(senml_pack), ContentFormat.SENML_JSON),
+        ]
+    assert [r.code if r else None for r in replies] == [Code.CREATED] * 3
+
+    (doc,) = search(es, es_prefix, origin=f"json-{tag}")
+    assert doc["_id"] == as_json["id"]
+    assert doc["@timestamp"] == int(
+        datetime(2026, 11, 25, 14, 8, 24, 771000, tzinfo=UTC).timestamp() * 1000
+    )
+    assert doc["payload"] == {"type": "temperature", "value": 15.5, "unit": "Cel"}
+    assert doc["sender"] == "e2e" and doc["namespace"] == "default"
+    assert doc["source"].startswith("127.0.0.1:")
+    (doc,) = search(es, es_prefix, origin=f"cbor-{tag}")
+    assert doc["payload"] == {"type": "door", "value_bool": True}
+    (doc,) = search(es, es_prefix, origin=f"senml-{tag}")
+    assert doc["payload"] == {"type": "humidity", "value": 41.5, "unit": "%RH"}
+    assert abs(doc["@timestamp"] - now * 1000) <= 1
+    # The template's types are in force for what the collector wrote.
+    assert len(search(es, es_prefix, **{"payload.value_bool": True})) == 1
+    es.indices.refresh(index=f"{es_prefix}-*")
+    hits = es.search(
+        index=f"{es_prefix}-*", query={"range": {"payload.value": {"gt": 41, "lt": 42}}}
+    )
+    assert [h["_source"]["origin"] for h in hits["hits"]["hits"]] == [f"senml-{tag}"]
+
+
+def test_retransmissions_and_resent_ids_make_one_document(
+    collector: Any, es: Elasticsearch, es_prefix: str
+):
+    server = collector()
+    event = body()
+    with CoapClient(server.port) as client:
+        msg = client.build(Code.POST, "events", orjson.dumps(event), ContentFormat.JSON)
+        codes = [getattr(client.transact(msg, retransmit=False), "code", None) for _ in range(5)]
+        # Same idempotency key in a brand-new exchange (new MID, token, source port).
+    with CoapClient(server.port) as other:
+        again = other.post_json(event | {"payload": {"type": "temperature", "value": 99.0}})
+    assert codes == [Code.CREATED] * 5
+    assert again is not None and again.code == Code.CREATED
+    docs = search(es, es_prefix, event_id=event["id"])
+    assert len(docs) == 1
+    assert docs[0]["payload"]["value"] == 15.5
+
+
+def test_mapping_rejected_event_gets_4_00_and_neighbours_are_stored(
+    collector: Any, es: Elasticsearch, es_prefix: str
+):
+    # An index for 2001-01-01 whose mapping disagrees with the template (made by hand or
+    # by an older version): `sender` is a number there.
+    es.indices.create(
+        index=f"{es_prefix}-2001.01.01", mappings={"properties": {"sender": {"type": "long"}}}
+    )
+    # A long batch window so that the three requests share one bulk call.
+    server = collector(batch_ms=300, ack_delay=1.0)
+    bad = body(timestamp=DAY_2001_01_01_ISO, sender="not-a-number")
+    goods = [body(), body(timestamp=DAY_2001_01_01_ISO, sender="12345")]
+    replies: dict[str, Any] = {}
+
+    def post(event: dict[str, Any]) -> None:
+        with CoapClient(server.port) as client:
+            replies[event["id"]] = client.post_json(event)
+
+    threads = [threading.Thread(target=post, args=(e,)) for e in (goods[0], bad, goods[1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert replies[bad["id"]].code == Code.BAD_REQUEST
+    assert b"sender" in replies[bad["id"]].payload
+    assert [replies[g["id"]].code for g in goods] == [Code.CREATED] * 2
+    # By `_id`: that old index maps event_id dynamically (as text), not as a keyword.
+    ids = [bad["id"], goods[0]["id"], goods[1]["id"]]
+    assert es_ids_present(es, f"{es_prefix}-*", ids) == {goods[0]["id"], goods[1]["id"]}
+
+
+# --- load: many devices, each a socket with one request in flight -------------------
+
+
+@dataclass
+class Load:
+    """Threads that each POST events in a loop from their own UDP socket."""
+
+    port: int
+    devices: int = 16
+    max_seconds: float = 90.0
+    max_requests: int = 200_000
+    sent: list[tuple[float, str]] = field(default_factory=list)
+    answers: list[tuple[float, float, str, int | None, int | None]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Load:
+        for _ in range(self.devices):
+            t = threading.Thread(target=self._device, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _device(self) -> None:
+        give_up = time.monotonic() + self.max_seconds
+        with CoapClient(self.port) as client:
+            while not self.stop.is_set() and time.monotonic() < give_up:
+                with self._lock:
+                    if len(self.sent) >= self.max_requests:
+                        return
+                    event = body()
+                    began = time.monotonic()
+                    self.sent.append((began, event["id"]))
+                reply = client.post_json(event, timeout=8.0)
+                code = reply.code if reply else None
+                max_age = None
+                if reply is not None:
+                    for number, value in reply.options:
+                        if number == OptionNumber.MAX_AGE:
+                            max_age = int.from_bytes(value, "big")
+                with self._lock:
+                    self.answers.append((began, time.monotonic(), event["id"], code, max_age))
+                if code is None:
+                    return  # the collector is gone
+                if code != Code.CREATED:
+                    time.sleep(0.02)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def acked(self) -> list[str]:
+        with self._lock:
+            return [a[2] for a in self.answers if a[3] == Code.CREATED]
+
+    def count(self, code: int) -> int:
+        with self._lock:
+            return sum(1 for a in self.answers if a[3] == code)
+
+
+def wait_for(predicate: Any, timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def test_store_down_mid_load_answers_5_03_and_recovers_without_restart(
+    collector: Any, private_es: EsInstance
+):
+    prefix = f"down{uuid.uuid4().hex[:8]}"
+    server = collector(
+        url=private_es.url,
+        prefix=prefix,
+        es_username="elastic",
+        es_password=private_es.password,
+    )
+    load = Load(server.port).start()
+    try:
+        assert wait_for(lambda: load.count(Code.CREATED) >= 200, 30)
+        private_es.stop(keep_data=True)
+        stopped = time.monotonic()
+        # Answers turn to 5.03 (with Max-Age) once the server is gone.
+        assert wait_for(lambda: load.count(Code.SERVICE_UNAVAILABLE) >= 20, 10)
+        first_503 = min(a[1] for a in load.answers if a[3] == Code.SERVICE_UNAVAILABLE)
+        late = [a for a in list(load.answers) if a[0] > stopped + 1.0]
+        assert late and all(a[3] == Code.SERVICE_UNAVAILABLE for a in late)
+        assert all(a[4] is not None and a[4] > 0 for a in late)
+        with CoapClient(server.port) as client:
+            health = client.request(Code.GET, "health", timeout=3)
+        assert health is not None and health.code == Code.SERVICE_UNAVAILABLE
+        # Back again: the same collector process stores again.
+        private_es.start()
+        restarted = time.monotonic()
+        assert wait_for(
+            lambda: any(a[0] > restarted and a[3] == Code.CREATED for a in list(load.answers)),
+            30,
+        ), "no 2.01 after Elasticsearch came back"
+    finally:
+        load.finish()
+    assert server.proc.poll() is None  # no restart happened
+    assert first_503 >= stopped - 5  # the 5.03s belong to the outage
+    acked = load.acked()
+    with private_es.client() as client:
+        present = es_ids_present(client, f"{prefix}-*", acked)
+    assert set(acked) == present, f"{len(set(acked) - present)} acked ids missing"
+
+
+def test_sigterm_under_load_keeps_every_acked_event(
+    collector: Any, es: Elasticsearch, es_prefix: str
+):
+    server = collector(drain_timeout=10)
+    load = Load(server.port).start()
+    try:
+        assert wait_for(lambda: load.count(Code.CREATED) >= 300, 30)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+    finally:
+        load.finish()
+    acked = load.acked()
+    assert len(acked) >= 300
+    assert set(acked) == es_ids_present(es, f"{es_prefix}-*", acked)
