@@ -182,7 +182,7 @@ def decode(
             f"code {data[1] >> 5}.{data[1] & 31:02d} has a reserved class", mtype, mid, token
         )
 
-    message = _new(_Draft)
+    message = _Draft()
     message.type = mtype
     message.code = code
     message.mid = mid
