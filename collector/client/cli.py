@@ -2,7 +2,7 @@
 
     iot-client [-H host] [-P port] [-o origin] [-s sender] [-N namespace] [-S] COMMAND
 
-Commands: ``healthcheck``, ``discover``, ``send TYPE VALUE``,
+Commands: ``healthcheck``, ``discover``, ``send TYPE VALUE...``,
 ``incremental TYPE INITIAL``, ``simulate``, ``city NAME``. Global options may also
 follow the command. Exit codes: 0 every request answered 2.xx; 1 some answer
 4.xx/5.xx (or RST); 2 usage or configuration error; 3 some request got no answer.
@@ -220,9 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = commands.add_parser("send", parents=[common], help="send one event")
     send.add_argument("type", help="event type, e.g. temperature")
-    send.add_argument("value", help="a number, true/false, or any text")
+    send.add_argument(
+        "value",
+        nargs="+",
+        help="a number, true/false, or any text; several values make several events "
+        "(--batch K of them per request)",
+    )
     send.add_argument("-u", "--unit", help="unit (SenML name, e.g. Cel)")
-    _add_sending(send, window=False)
+    _add_sending(send)
 
     inc = commands.add_parser(
         "incremental",
@@ -346,7 +351,8 @@ def _command(args: argparse.Namespace, config: ClientConfig) -> Coroutine[Any, A
     if args.command == "discover":
         return run_discover(config, out)
     if args.command == "send":
-        return run_send(config, args.type, payloads.parse_value(args.value), args.unit, out)
+        readings = [payloads.parse_value(value) for value in args.value]
+        return run_send(config, args.type, readings, args.unit, out)
     if args.command == "incremental":
         values = incremental_values(args.initial, args.factor, args.min, args.max)
         return run_incremental(

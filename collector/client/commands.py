@@ -254,13 +254,19 @@ async def run_discover(config: ClientConfig, out: TextIO) -> int:
 
 
 async def run_send(
-    config: ClientConfig, type: str, value: payloads.Value, unit: str | None, out: TextIO
+    config: ClientConfig,
+    type: str,
+    values: Sequence[payloads.Value],
+    unit: str | None,
+    out: TextIO,
 ) -> int:
-    """One event, one request."""
+    """One event per value, ``config.batch`` events per request."""
+    events = [config.event(type, value, unit=unit) for value in values]
     endpoint = await connect(config)
     try:
         sender = Sender(endpoint, config, out)
-        await sender.submit([config.event(type, value, unit=unit)])
+        for start in range(0, len(events), config.batch):
+            await sender.submit(events[start : start + config.batch])
         await sender.drain()
     finally:
         endpoint.close()

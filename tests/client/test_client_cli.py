@@ -6,10 +6,13 @@ what arrives on the wire."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 
+import cbor2
 import orjson
 import pytest
 
@@ -17,7 +20,7 @@ import coap
 from coap import Code, Message, Type
 from collector.client.cli import build_parser, main
 
-from .conftest import run_cli
+from .conftest import CLI, REPO, run_cli
 
 Reply = Callable[[Message], list[Message]]
 
@@ -92,7 +95,7 @@ def test_global_options_before_or_after_the_command() -> None:
             7000,
             "o1",
             "t",
-            "1",
+            ["1"],
         )
 
 
@@ -304,3 +307,46 @@ def test_argparse_error_from_the_process_is_one_line() -> None:
     result = run_cli("incremental", "-f", "zero", "t", "1")
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_send_several_values_in_batches(responder: Callable[[Reply], Responder]) -> None:
+    server = responder(_piggyback(Code.CREATED))
+    result = run_cli(
+        "-P", str(server.port), "send", "--batch", "2", "--format", "cbor", "t", "1", "x", "true"
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+    bodies = [cbor2.loads(m.payload) for m in server.received]
+    batches = [b for b in bodies if isinstance(b, list)]
+    singles = [b for b in bodies if isinstance(b, dict)]
+    assert [[e["payload"]["value"] for e in batch] for batch in batches] == [[1, "x"]]
+    assert [e["payload"]["value"] for e in singles] == [True]
+
+
+@pytest.mark.integration
+def test_incremental_forever_stops_cleanly_on_sigint(
+    responder: Callable[[Reply], Responder],
+) -> None:
+    server = responder(_piggyback(Code.CREATED))
+    proc = subprocess.Popen(
+        [*CLI, "-P", str(server.port), "incremental", "-p", "0.05", "t", "1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # sending has started
+        assert first.startswith("POST /events -> 2.01 ")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert err == ""
+    # Every request sent got its answer printed before the exit.
+    assert len(out.splitlines()) + 1 == len(server.received)
