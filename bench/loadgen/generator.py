@@ -30,6 +30,7 @@ import select
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
@@ -42,6 +43,7 @@ from .schedule import Schedule
 # progress counters per process, in a shared array of doubles
 _SENT, _ANSWERED, _OK, _TIMEOUTS, _RETRANS, _LAG, _NFIELDS = range(7)
 
+_RTO_LEVELS = 16  # steps of the random factor of the first retransmission timeout
 MAX_SEQ_PER_DEVICE = 60_000  # stay clear of a 16-bit MID wrap within one run
 
 
@@ -65,6 +67,7 @@ class LoadSpec:
     ack_timeout: float = 2.0
     ack_random_factor: float = 1.5
     max_retransmit: int = 4
+    tick: float = 0.0  # shortest wait: >0 trades up to this much send lag for fewer wake-ups
 
     @property
     def total(self) -> int:
@@ -141,7 +144,7 @@ def run_share(
         )
         for d in my_devices
     ]
-    patches = [t.patch for t in templates]
+    patches = [t.patcher() for t in templates]
     sends = [s.send for s in socks]
     mid_base = [random.getrandbits(16) for _ in range(ndev)]
     ep = select.epoll()
@@ -170,10 +173,20 @@ def run_share(
     codes: dict[int, int] = {}
     pending: dict[int, int] = {}  # k -> transmissions so far
     acked: set[int] = set()  # CONs answered by an empty ACK, awaiting a separate response
+    # First-transmission timers: the random factor is drawn from _RTO_LEVELS equal
+    # steps, and each step keeps a FIFO of (deadline, k): sends happen in time order,
+    # so each FIFO is sorted by deadline and costs an append and a popleft per request
+    # (a heap cost ~1 us more per request, most of it for timers already answered).
+    # Later retransmissions are rare and go to a heap.
+    rto_levels = [
+        spec.ack_timeout * (1.0 + (spec.ack_random_factor - 1.0) * (i + 0.5) / _RTO_LEVELS)
+        for i in range(_RTO_LEVELS)
+    ]
+    fifos: list[deque[tuple[float, int]]] = [deque() for _ in range(_RTO_LEVELS)]
+    appends = [f.append for f in fifos]
+    next_fifo = math.inf  # earliest head deadline over the FIFOs
     rtx: list[tuple[float, int, int, float]] = []  # (deadline, k, tx, rto)
     con = not spec.non
-    ack_timeout = spec.ack_timeout
-    factor_span = spec.ack_random_factor - 1.0
     max_retransmit = spec.max_retransmit
     timeout = spec.timeout
     rnd = random.random
@@ -181,6 +194,7 @@ def run_share(
     heappush, heappop = heapq.heappush, heapq.heappop
     sel = select.select
     poll = ep.poll
+    tick = spec.tick
 
     k = 0  # next request to send
     kt = 0  # next request whose timeout is checked
@@ -245,11 +259,21 @@ def run_share(
                 last_send = now
             pending[k] = 1
             if con:
-                rto = ack_timeout * (1.0 + rnd() * factor_span)
-                heappush(rtx, (now + rto, k, 1, rto))
+                lvl = int(rnd() * _RTO_LEVELS)
+                deadline = now + rto_levels[lvl]
+                appends[lvl]((deadline, k))
+                if deadline < next_fifo:
+                    next_fifo = deadline
             k += 1
 
         # 2. retransmit expired CONs (same MID and token: the server dedups them)
+        if next_fifo <= now:
+            for lvl, fifo in enumerate(fifos):
+                while fifo and fifo[0][0] <= now:
+                    _, kk = fifo.popleft()
+                    if kk in pending and kk not in acked:
+                        heappush(rtx, (now, kk, 1, rto_levels[lvl]))
+            next_fifo = min((f[0][0] for f in fifos if f), default=math.inf)
         while rtx and rtx[0][0] <= now:
             _, kk, tx, rto = heappop(rtx)
             if kk not in pending or kk in acked or tx > max_retransmit:
@@ -289,8 +313,12 @@ def run_share(
         wait = start + (k * step + idx) / rate - now if k < count else 0.01
         if rtx and rtx[0][0] - now < wait:
             wait = rtx[0][0] - now
+        if next_fifo - now < wait:
+            wait = next_fifo - now
         if wait > 0.01:
             wait = 0.01
+        elif 0 < wait < tick:
+            wait = tick  # coalesce wake-ups: at most `tick` of added send lag
         if wait >= 0.002:
             # whole milliseconds: one epoll_wait (rounded down, never oversleeping)
             events = poll(math.floor(wait * 1000.0) / 1000.0)

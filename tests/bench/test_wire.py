@@ -59,6 +59,13 @@ def test_every_patch_keeps_the_datagram_valid_and_events_unique(
     assert a.payload != b.payload  # the next request's events differ
 
 
+@given(st.sampled_from(wire.FORMATS), st.integers(0, 0xFFFF), st.integers(0, 60_000))
+def test_the_fast_patcher_writes_what_patch_writes(fmt: str, mid: int, seq: int) -> None:
+    a = wire.build_template(fmt, "dev-9", 1, 0x0BADCAFE)
+    b = wire.build_template(fmt, "dev-9", 1, 0x0BADCAFE)
+    assert bytes(a.patcher()(mid, seq)) == bytes(b.patch(mid, seq))
+
+
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError):
         wire.build_template("xml", "dev-1", 1, 1)
