@@ -47,8 +47,9 @@ DEFAULT_MAX_MESSAGE_SIZE = 65507
 
 #: RFC 7252 §3.1 puts no bound on the number of options, so a 64 KiB datagram
 #: could carry ~65,000 one-byte empty options and make the decoder build as many
-#: tuples. Real requests carry a handful (a long Uri-Query list might reach a few
-#: dozen); 256 leaves plenty of room while bounding the work per datagram.
+#: tuples (tens of milliseconds of CPU for one datagram). Real requests carry a
+#: handful (a long Uri-Query list might reach a few dozen); 256 leaves plenty of
+#: room while bounding the work per datagram: decoding stops at the 257th.
 DEFAULT_MAX_OPTIONS = 256
 
 #: §3: "Lengths 9-15 are reserved, MUST NOT be sent, and MUST be processed as a
@@ -195,6 +196,11 @@ def decode(
 
     options: list[tuple[int, bytes]] = []
     append = options.append
+    # Every option takes at least one byte, so only a datagram with more bytes
+    # left than max_options can exceed the limit: only then is the count checked,
+    # and it is checked as options are read, so a hostile datagram of 65,000
+    # one-byte options costs max_options iterations, not 65,000.
+    guard = n - pos > max_options
     number = 0
     payload = b""
     try:
@@ -245,6 +251,8 @@ def decode(
                 raise _option_error(
                     f"option {number} value runs past the end of the message", mtype, mid, token
                 )
+            if guard and len(options) >= max_options:
+                raise _option_error(f"more than {max_options} options", mtype, mid, token)
             append((number, data[pos:end]))
             pos = end
     except IndexError:
@@ -255,10 +263,6 @@ def decode(
     # number only grows, so checking the last one checks them all.
     if number > MAX_OPTION_NUMBER:
         raise _option_error(f"option number {number} exceeds 65535", mtype, mid, token)
-    if len(options) > max_options:
-        raise _option_error(
-            f"{len(options)} options exceed the limit of {max_options}", mtype, mid, token
-        )
     message.options = tuple(options)
     message.payload = payload
     message.__class__ = Message  # type: ignore[assignment]

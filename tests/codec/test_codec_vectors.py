@@ -254,7 +254,7 @@ def test_malformed_vector(
 
 def test_max_options_limit() -> None:
     datagram = h("40 01 00 2a") + b"\x00" * 257  # 257 empty options numbered 0
-    with pytest.raises(MessageFormatError, match="257 options exceed the limit of 256") as info:
+    with pytest.raises(MessageFormatError, match="more than 256 options") as info:
         coap.decode(datagram)
     assert (info.value.type, info.value.mid) == (Type.CON, 42)
     assert len(coap.decode(datagram, max_options=257).options) == 257
@@ -344,3 +344,13 @@ def test_encode_extended_forms_after_sorting() -> None:
     assert coap.encode(Message(Type.CON, Code.POST, 9, options=shuffled)) == coap.encode(
         Message(Type.CON, Code.POST, 9, options=ordered)
     )
+
+
+def test_max_options_is_enforced_while_reading() -> None:
+    # 65,000 one-byte options: refused (at the 257th) rather than built.
+    with pytest.raises(MessageFormatError, match="more than 256 options"):
+        coap.decode(h("40 01 00 2a") + b"\x00" * 65000)
+    # Exactly the limit, followed by a payload (so the count is being watched).
+    decoded = coap.decode(h("40 02 00 2a") + b"\x00" * 256 + b"\xff" + b"p" * 10)
+    assert len(decoded.options) == 256
+    assert decoded.payload == b"p" * 10
