@@ -27,9 +27,11 @@ wait_for kibana "$KIBANA_URL/api/status" '"level":"available"'
 answer=$(curl -sS -X POST "$KIBANA_URL/api/saved_objects/_import?overwrite=true" \
     -H 'kbn-xsrf: iot-collector-setup' \
     --form "file=@${SAVED_OBJECTS}")
-if ! grep -q '"success":true' <<<"$answer"; then
+# No here-strings: older bash writes them to a temp file, and the Helm job runs
+# with a read-only root filesystem.
+if ! printf '%s' "$answer" | grep -q '"success":true'; then
     echo "setup: saved objects import failed: $answer" >&2
     exit 1
 fi
-echo "setup: imported $(grep -o '"successCount":[0-9]*' <<<"$answer" | cut -d: -f2) saved objects;" \
+echo "setup: imported $(printf '%s' "$answer" | grep -o '"successCount":[0-9]*' | cut -d: -f2) saved objects;" \
      "open $KIBANA_URL/app/dashboards"
