@@ -26,7 +26,7 @@ ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
 # The Kubernetes version the chart is rendered for; kubernetes-validate checks
 # against it and against the oldest version the chart's kubeVersion admits.
 KUBE_VERSION = "1.34.0"
-HELM_BUILD_TIMEOUT_S = 840
+HELM_BUILD_TIMEOUT_S = 1700
 
 Manifest = dict[str, Any]
 

@@ -22,7 +22,7 @@ import yaml
 
 from collector.client import cli as client_cli
 
-pytestmark = [pytest.mark.helm, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.helm, pytest.mark.timeout(1800)]
 
 Manifest = dict[str, Any]
 Render = Callable[..., list[Manifest]]
