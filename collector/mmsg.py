@@ -37,6 +37,7 @@ without the calls) the caller keeps `recvfrom`/`sendto`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -49,7 +50,6 @@ Peer = Any  # what socket.recvfrom returns: (host, port) or (host, port, flowinf
 
 DEFAULT_SLOTS = 64
 DEFAULT_SLOT_SIZE = 2048
-DEFAULT_SEND_BUFFER = 64 * 1024  # bytes of replies copied per sendmmsg round at most
 DEFAULT_CACHE_SIZE = 16384  # peers per conversion cache before it is cleared
 
 _MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
@@ -109,7 +109,23 @@ def _load() -> tuple[Any, Any] | None:
     return recvmmsg, sendmmsg
 
 
-_CALLS = _load()
+_HDR_WORDS = _HDR // 8
+# Where a `bytes` object's data starts, counted from id() (CPython: the object's
+# address; the data follows the header, whose size getsizeof(b"") - 1 is). Sending
+# from the reply objects in place saves a copy and two slice stores per datagram. It
+# is an implementation detail, so it is proven on a probe before it is trusted.
+_BYTES_DATA = sys.getsizeof(b"") - 1
+
+
+def _bytes_in_place() -> bool:
+    probe = b"recvmmsg/sendmmsg probe"
+    try:
+        return ctypes.string_at(id(probe) + _BYTES_DATA, len(probe)) == probe
+    except Exception:
+        return False
+
+
+_CALLS = _load() if _bytes_in_place() and _HDR % 8 == 0 else None
 
 
 def available() -> bool:
@@ -138,7 +154,7 @@ def peer_from_sockaddr(raw: bytes) -> Peer:
             # CPython formats addresses with getnameinfo(NI_NUMERICHOST), which adds
             # "%<interface>" for a scoped address: ask it to, so the tuples match.
             flags = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
-            host = socket.getnameinfo((host, port, flowinfo, scope_id), flags)[0]
+            host = socket.getnameinfo((host, port, 0, scope_id), flags)[0]
         return (host, port, flowinfo, scope_id)
     raise ValueError(f"unsupported address family {family}")
 
@@ -146,9 +162,10 @@ def peer_from_sockaddr(raw: bytes) -> Peer:
 def sockaddr_from_peer(family: int, peer: Peer) -> bytes:
     """The raw sockaddr `socket.sendto` would use for `peer` on a `family` socket.
 
-    Numeric hosts convert directly; anything else goes through getaddrinfo as sendto
-    does (so names and "%scope" suffixes work). Raises OSError (socket.gaierror) or
-    ValueError/TypeError for a peer sendto would refuse.
+    Hosts must be numeric (an IPv6 one may carry a "%scope" suffix): unlike sendto this
+    never resolves a name, since a DNS lookup has no place in an event loop's callback.
+    Raises OSError (socket.gaierror), ValueError, TypeError or OverflowError for a
+    peer it cannot convert.
     """
     host, port = peer[0], peer[1]
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
@@ -159,7 +176,9 @@ def sockaddr_from_peer(family: int, peer: Peer) -> bytes:
         try:
             packed = socket.inet_pton(socket.AF_INET, host)
         except OSError:
-            resolved = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+            resolved = socket.getaddrinfo(
+                host, port, socket.AF_INET, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST
+            )
             packed = socket.inet_pton(socket.AF_INET, str(resolved[0][4][0]))
         return (
             socket.AF_INET.to_bytes(2, sys.byteorder) + port.to_bytes(2, "big") + packed + bytes(8)
@@ -174,7 +193,9 @@ def sockaddr_from_peer(family: int, peer: Peer) -> bytes:
         try:
             packed = socket.inet_pton(socket.AF_INET6, host)
         except OSError:
-            resolved = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM)
+            resolved = socket.getaddrinfo(
+                host, port, socket.AF_INET6, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST
+            )
             address: Any = resolved[0][4]
             packed = socket.inet_pton(socket.AF_INET6, str(address[0]).partition("%")[0])
             scope_id = scope_id or int(address[3])
@@ -206,14 +227,13 @@ class DatagramBatch:
         slots: int = DEFAULT_SLOTS,
         slot_size: int = DEFAULT_SLOT_SIZE,
         *,
-        send_buffer: int = DEFAULT_SEND_BUFFER,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         if _CALLS is None:
             raise RuntimeError("recvmmsg/sendmmsg are not available here")
         if sock.family not in _SOCKADDR_LEN or sock.type != socket.SOCK_DGRAM:
             raise ValueError("DatagramBatch needs an AF_INET or AF_INET6 datagram socket")
-        if not 1 <= slots <= 1024 or slot_size < 1 or send_buffer < 1 or cache_size < 1:
+        if not 1 <= slots <= 1024 or slot_size < 1 or cache_size < 1:
             raise ValueError("slots must be 1-1024; sizes must be positive")
         self.sock = sock
         self.family = sock.family
@@ -241,16 +261,14 @@ class DatagramBatch:
             (i * _HDR // 4 + msg_len, i * namelen, i * namelen + self._keylen, i * slot_size)
             for i in range(slots)
         ]
-        # Send side: names and iovecs are filled per message, replies copied into
-        # one buffer; msg_namelen is the family's, set once.
-        self._snames = bytearray(slots * namelen)
+        # Send side: msg_name and iov_base point straight at the cached sockaddr and
+        # at the reply (`bytes` objects, alive for the call), so staging a datagram is
+        # three word stores; msg_namelen is the family's, set once.
         self._shdrs = bytearray(slots * _HDR)
         self._siovs = bytearray(slots * _IOV)
-        self._sbuf = bytearray(send_buffer)
-        self._shdr_addr = self._wire(self._shdrs, self._siovs, self._snames, namelen, None, 0)
-        self._sbuf_addr = _address(self._sbuf)
-        self._siov_words = memoryview(self._siovs).cast("Q" if _IOV == 16 else "I")
-        self._snamelen = namelen
+        self._shdr_addr = self._wire(self._shdrs, self._siovs, None, namelen, None, 0)
+        self._shdr_words = memoryview(self._shdrs).cast("Q")
+        self._siov_words = memoryview(self._siovs).cast("Q")
 
     @staticmethod
     def _wire(
@@ -261,16 +279,20 @@ class DatagramBatch:
         data: Any,
         slot_size: int,
     ) -> int:
-        """Point every header at its iovec and name (and iovec at its data slot)."""
+        """Point every header at its iovec and name (and iovec at its data slot).
+
+        `names` or `data` None leaves those pointers for the sender to set per message.
+        """
         slots = len(hdrs) // _HDR
-        hdr_array = (_Mmsghdr * slots).from_buffer(hdrs)  # these views live as long as
-        iov_array = (_Iovec * slots).from_buffer(iovs)  # the buffers they pin
+        # The buffers are never resized, so these addresses outlive the views.
+        hdr_array = (_Mmsghdr * slots).from_buffer(hdrs)
+        iov_array = (_Iovec * slots).from_buffer(iovs)
         iov_base = ctypes.addressof(iov_array)
-        name_base = _address(names)
+        name_base = _address(names) if names is not None else 0
         data_base = _address(data) if data is not None else 0
         for i in range(slots):
             msg = hdr_array[i].msg_hdr
-            msg.msg_name = name_base + i * namelen
+            msg.msg_name = name_base + i * namelen if names is not None else None
             msg.msg_namelen = namelen
             msg.msg_iov = iov_base + i * _IOV
             msg.msg_iovlen = 1
@@ -334,52 +356,45 @@ class DatagramBatch:
 
         Like `sendto` on a non-blocking UDP socket, nothing waits: when the socket's
         send buffer is full (EAGAIN/ENOBUFS) the rest are dropped, and a datagram the
-        kernel refuses (unreachable network, too large) or whose peer cannot be
-        converted is skipped. Raises OSError only for a closed or non-socket fd.
+        kernel refuses (unreachable network, too large) or whose peer sendto would
+        refuse (or that names a host instead of an address) is skipped. Raises OSError only for a closed or non-socket fd.
         """
         sockaddrs = self._sockaddrs
-        names = self._snames
-        words = self._siov_words
-        sbuf = self._sbuf
-        sbuf_addr = self._sbuf_addr
-        capacity = len(sbuf)
+        hdr_words = self._shdr_words
+        iov_words = self._siov_words
         slots = self.slots
-        namelen = self._snamelen
-        sent = 0
-        count = 0  # messages staged
-        used = 0  # bytes staged in sbuf
+        keep: list[bytes] = []  # copies of non-bytes data, alive until the call returns
+        sent = count = 0
         for data, peer in items:
-            size = len(data)
-            if count == slots or used + size > capacity:
+            if count == slots:
                 sent += self._flush(count)
-                count = used = 0
-                if size > capacity:  # bigger than the whole buffer: on its own
-                    sent += self._send_one(data, peer)
-                    continue
+                count = 0
             try:
                 sockaddr = sockaddrs[peer]
             except (KeyError, TypeError):
                 try:
-                    sockaddr = self._new_sockaddr(peer)
+                    sockaddr = sockaddr_from_peer(self.family, peer)
                 except (OSError, ValueError, TypeError, OverflowError, IndexError):
                     continue  # sendto would have raised for this peer: skip it
-            at = count * namelen
-            names[at : at + namelen] = sockaddr
-            sbuf[used : used + size] = data
-            words[2 * count] = sbuf_addr + used
-            words[2 * count + 1] = size
-            used += size
+                if len(sockaddrs) >= self.cache_size:
+                    # Staged messages point into the cached values: send them before
+                    # the cache lets go of those.
+                    if count:
+                        sent += self._flush(count)
+                        count = 0
+                    sockaddrs.clear()
+                with contextlib.suppress(TypeError):  # an unhashable peer is not kept
+                    sockaddrs[peer] = sockaddr
+            if type(data) is not bytes:
+                data = bytes(data)
+                keep.append(data)
+            hdr_words[count * _HDR_WORDS] = id(sockaddr) + _BYTES_DATA
+            iov_words[count * 2] = id(data) + _BYTES_DATA
+            iov_words[count * 2 + 1] = len(data)
             count += 1
         if count:
             sent += self._flush(count)
         return sent
-
-    def _new_sockaddr(self, peer: Peer) -> bytes:
-        sockaddr = sockaddr_from_peer(self.family, peer)
-        if len(self._sockaddrs) >= self.cache_size:
-            self._sockaddrs.clear()
-        self._sockaddrs[peer] = sockaddr
-        return sockaddr
 
     def _flush(self, count: int) -> int:
         fd = self.sock.fileno()
@@ -399,17 +414,6 @@ class DatagramBatch:
                 raise OSError(code, errno.errorcode.get(code, "sendmmsg failed"))
             start += 1  # this datagram was refused (EMSGSIZE, ENETUNREACH, ...): skip it
         return sent
-
-    def _send_one(self, data: bytes, peer: Peer) -> int:
-        try:
-            self.sock.sendto(data, _MSG_DONTWAIT, peer)
-        except OSError as exc:
-            if exc.errno in _FATAL:
-                raise
-            return 0
-        except (ValueError, TypeError, OverflowError):
-            return 0
-        return 1
 
 
 __all__ = [
