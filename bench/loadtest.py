@@ -316,11 +316,28 @@ class Bench:
             print(f"warning: {text}", file=sys.stderr)
 
     def run(
-        self, host: str, port: int, rate: float, label: str, server: str, replicas: int = 1
+        self,
+        host: str,
+        port: int,
+        rate: float,
+        label: str,
+        server: str,
+        replicas: int = 1,
+        fleet: servers.Fleet | None = None,
     ) -> dict[str, Any]:
         spec = self.spec(host, port, rate)
+        cpu0 = fleet.cpu_seconds() if fleet else None
         raw = run_load(spec, label=label, show_progress=not self.args.quiet)
         summary = report.summarize(raw, spec, label, server, replicas)
+        if fleet is not None and cpu0 is not None:
+            # the server's own CPU per request (warm-up included): comparable across
+            # servers even on a noisy box, where capacity figures move with the neighbours
+            cpu = fleet.cpu_seconds() - cpu0
+            sent_total = sum(int(r["sent_total"]) for r in raw)
+            summary["server_cpu_s"] = round(cpu, 3)
+            summary["server_cpu_us_per_request"] = (
+                round(cpu / sent_total * 1e6, 1) if sent_total else None
+            )
         if not summary["generator_kept_up"]:
             self.warn(
                 f"{label} at {rate:g}/s: the generator fell behind its schedule (sent"
@@ -351,7 +368,7 @@ class Bench:
         fleet, host, port = servers.start_server(name, collector=opts, cpu_limit=a.cpu_limit)
         label = f"{name} w={opts.workers}" if name == "collector" else name
         try:
-            return [self.run(host, port, r, label, name) for r in self.rates()]
+            return [self.run(host, port, r, label, name, fleet=fleet) for r in self.rates()]
         finally:
             servers.stop_fleet(fleet)
 
@@ -370,7 +387,7 @@ class Bench:
             try:
                 for r in self.rates():
                     before = fleet.netns.udp_in_datagrams() if fleet.netns else None
-                    run = self.run(host, port, r, label, "collector", n)
+                    run = self.run(host, port, r, label, "collector", n, fleet=fleet)
                     if fleet.netns and before is not None:
                         after = fleet.netns.udp_in_datagrams()
                         run["replica_datagrams"] = [
@@ -428,7 +445,7 @@ class Bench:
             try:
                 best, first_fail = None, None
                 for rate in ladder:
-                    run = self.run(host, port, rate, label, name)
+                    run = self.run(host, port, rate, label, name, fleet=fleet)
                     entry["runs"][f"{rate:g}"] = run
                     if name == "echo" and run["generator_kept_up"]:
                         gen_ceiling = max(gen_ceiling or 0, rate)
@@ -448,7 +465,7 @@ class Bench:
                     mid = round((lo + hi) / 2, -1)
                     if mid in (lo, hi):
                         break
-                    run = self.run(host, port, mid, label, name)
+                    run = self.run(host, port, mid, label, name, fleet=fleet)
                     entry["runs"][f"{mid:g}"] = run
                     if report.passes(run, a.p99_bound):
                         lo = mid
@@ -494,6 +511,7 @@ class Bench:
             at = s["runs"].get(f"{common:g}") if common else None
             s["p99_at_common_ms"] = at["latency_ms"]["p99"] if at else None
             s["p50_at_common_ms"] = at["latency_ms"]["p50"] if at else None
+            s["cpu_us_at_common"] = at.get("server_cpu_us_per_request") if at else None
         ref = next((s for s in measured if s["server"] == "collector"), None)
         result["reference_capacity"] = ref["capacity"] if ref else None
         if ref:

@@ -229,9 +229,10 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> str:
     """One Markdown row per run."""
     head = (
         "| configuration | offered/s | sent/s | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms |"
-        " max ms | codes | timeouts | retrans | gen lag p99 ms |"
+        " max ms | codes | timeouts | retrans | gen lag p99 ms | server CPU us/req |"
+        " gen CPU us/req |"
     )
-    rows = [head, "|" + "---|" * 13]
+    rows = [head, "|" + "---|" * 15]
     for r in runs:
         lat = r["latency_ms"]
         rows.append(
@@ -240,6 +241,8 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> str:
             f" {_f(lat['max'])} | {_codes(r['codes'])} | {r['timeouts']} |"
             f" {r['retransmissions']} | {_f(r['send_lag_ms']['p99'])}"
             f"{'' if r['generator_kept_up'] else ' (generator behind)'} |"
+            f" {_f(r.get('server_cpu_us_per_request'), 1)} |"
+            f" {_f(r.get('generator_cpu_us_per_request'), 1)} |"
         )
     return "\n".join(rows)
 
@@ -261,8 +264,8 @@ def compare_table(compare: dict[str, Any]) -> str:
     rows = [
         f"| server | capacity req/s (p99 <= {compare['p99_bound_ms']:g} ms, no errors) |"
         f" p99 ms at {common or '-'} req/s | p50 ms at common | capacity / collector |"
-        " collector / server | startup s |",
-        "|---|---|---|---|---|---|---|",
+        " collector / server | server CPU us/req at common | startup s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     ref = compare.get("reference_capacity") or 0
     for s in compare["servers"]:
@@ -272,7 +275,8 @@ def compare_table(compare: dict[str, Any]) -> str:
         rows.append(
             f"| {s['name']} | {cap if cap is not None else s.get('skipped', '-')} |"
             f" {_f(s.get('p99_at_common_ms'))} | {_f(s.get('p50_at_common_ms'))} |"
-            f" {ratio} | {inv} | {_f(s.get('startup_s'), 3)} |"
+            f" {ratio} | {inv} | {_f(s.get('cpu_us_at_common'), 1)} |"
+            f" {_f(s.get('startup_s'), 3)} |"
         )
     return "\n".join(rows)
 

@@ -227,6 +227,38 @@ class Fleet:
         self.procs.append(proc)
         return proc
 
+    def pids(self) -> list[int]:
+        """Every live process of this fleet: the started ones and their descendants."""
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                parents[int(entry)] = int(fields[1])
+        tree = {p.popen.pid for p in self.procs if p.popen.poll() is None}
+        grew = True
+        while grew:
+            kids = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+            grew = bool(kids)
+            tree |= kids
+        return sorted(tree)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by the fleet's live processes (clock ticks)."""
+        hz = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / hz
+
     def stop(self) -> None:
         for p in self.procs:
             if p.popen.poll() is None:
