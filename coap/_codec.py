@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from operator import itemgetter
 from struct import Struct
+from struct import error as StructError
 
 from ._errors import MessageFormatError
 from ._message import Message, Type
@@ -114,7 +115,11 @@ def _check_draft_layout() -> None:
 
 
 _check_draft_layout()
-_header = Struct("!BBH").pack
+# Header plus token in one C call, one packer per token length; "B" and "H"
+# refuse a code or MID out of range, which encode turns into a format error.
+_HEADER_BY_TKL = tuple(Struct(f"!BBH{tkl}s").pack for tkl in range(MAX_TOKEN_LENGTH + 1))
+# Version 1 and the type bits; a KeyError here means an invalid type.
+_FIRST_BYTE_BY_TYPE = {t: 0x40 | (t << 4) for t in range(4)}
 # One-byte bytes objects for every option header byte (avoids bytes((x,))).
 _BYTE = tuple(bytes((b,)) for b in range(256))
 
@@ -269,20 +274,22 @@ def decode(
     return message  # type: ignore[return-value]
 
 
-def _encode_error(message: Message) -> MessageFormatError:
+def _encode_error(message: Message, cause: Exception | None = None) -> MessageFormatError:
     """Say which header field of ``message`` cannot be sent (the slow path of encode)."""
     mtype, code, mid, token = message.type, message.code, message.mid, message.token
-    if not 0 <= mtype <= 3:
+    if not isinstance(mtype, int) or not 0 <= mtype <= 3:
         return MessageFormatError(f"message type {mtype} is not 0-3")
-    if not 0 <= code <= 255:
+    if not isinstance(code, int) or not 0 <= code <= 255:
         return MessageFormatError(f"code {code} is not one byte")
     if _CODE_BY_BYTE[code] is None:
         return MessageFormatError(f"code {code >> 5}.{code & 31:02d} has a reserved class")
-    if not 0 <= mid <= 0xFFFF:
+    if not isinstance(mid, int) or not 0 <= mid <= 0xFFFF:
         return MessageFormatError(f"message ID {mid} is not 0-65535")
     if len(token) > MAX_TOKEN_LENGTH:
         return MessageFormatError(f"token of {len(token)} bytes is longer than 8")
-    return MessageFormatError("an Empty message (0.00) carries no token, options or payload")
+    if code == 0 and (token or message.options or message.payload):
+        return MessageFormatError("an Empty message (0.00) carries no token, options or payload")
+    return MessageFormatError(f"cannot encode the header: {cause}")
 
 
 def encode(message: Message) -> bytes:
@@ -303,19 +310,17 @@ def encode(message: Message) -> bytes:
     options = message.options
     payload = message.payload
     tkl = len(token)
-    if (
-        not (0 <= mtype <= 3 and 0 <= code <= 255 and 0 <= mid <= 0xFFFF and tkl <= 8)
-        or _CODE_BY_BYTE[code] is None
-        or (code == 0 and (tkl or options or payload))
-    ):
+    try:
+        header = _HEADER_BY_TKL[tkl](_FIRST_BYTE_BY_TYPE[mtype] | tkl, code, mid, token)
+        reserved = _CODE_BY_BYTE[code] is None
+    except (IndexError, KeyError, TypeError, StructError) as exc:
+        raise _encode_error(message, exc) from None
+    if reserved or (not code and (tkl or options or payload)):
         raise _encode_error(message)
-    header = _header(0x40 | (mtype << 4) | tkl, code, mid)
     if not options:
-        if payload:
-            return header + token + b"\xff" + payload
-        return header + token if tkl else header
+        return header + b"\xff" + payload if payload else header
     # Joining a list of parts beats growing a bytearray for messages this small.
-    parts = [header, token]
+    parts = [header]
     add = parts.append
     byte = _BYTE
     previous = 0
