@@ -91,34 +91,34 @@ class Resolved(NamedTuple):
     time: float
 
 
-def _number(record: dict[str, Any], label: str, where: str) -> float:
+def _number(record: dict[str, Any], label: str, index: int) -> float:
     x = record[label]
     tx = type(x)
     if tx is float:
         if not math.isfinite(x):
-            raise SenMLError(f"{where}.{label}: must be a finite number")
+            raise SenMLError(f"record[{index}].{label}: must be a finite number")
         return float(x)
     if tx is int:
         try:
             return float(x)
         except OverflowError:
-            raise SenMLError(f"{where}.{label}: number out of range") from None
-    raise SenMLError(f"{where}.{label}: must be a number")
+            raise SenMLError(f"record[{index}].{label}: number out of range") from None
+    raise SenMLError(f"record[{index}].{label}: must be a number")
 
 
-def _text(record: dict[str, Any], label: str, where: str, limit: int) -> str:
+def _text(record: dict[str, Any], label: str, index: int, limit: int) -> str:
     x = record[label]
     if type(x) is not str:
-        raise SenMLError(f"{where}.{label}: must be a string")
+        raise SenMLError(f"record[{index}].{label}: must be a string")
     if len(x) > limit:
-        raise SenMLError(f"{where}.{label}: longer than {limit} characters")
+        raise SenMLError(f"record[{index}].{label}: longer than {limit} characters")
     return x
 
 
-def _labels(raw: Any, where: str, cbor: bool) -> dict[str, Any]:
+def _labels(raw: Any, index: int, cbor: bool) -> dict[str, Any]:
     """The record as a dict keyed by text labels (CBOR integers translated)."""
     if type(raw) is not dict:
-        raise SenMLError(f"{where}: must be a map of labels")
+        raise SenMLError(f"record[{index}]: must be a map of labels")
     if not cbor:
         return raw  # orjson: keys are always str
     out: dict[str, Any] = {}
@@ -130,9 +130,9 @@ def _labels(raw: Any, where: str, cbor: bool) -> dict[str, Any]:
         elif type(key) is str:
             label = key
         else:
-            raise SenMLError(f"{where}: labels must be integers or text")
+            raise SenMLError(f"record[{index}]: labels must be integers or text")
         if label in out:
-            raise SenMLError(f"{where}.{label}: given twice")
+            raise SenMLError(f"record[{index}].{label}: given twice")
         out[label] = value
     return out
 
@@ -156,6 +156,7 @@ def resolve(
         raise SenMLError("body: empty SenML pack")
     if len(pack) > max_records:
         raise SenMLError(f"body: more than {max_records} records")
+    name_limit = 2 * max_string
     # Base values in force; each record may replace some (§4.5).
     base_name = ""
     base_time = 0.0
@@ -164,73 +165,75 @@ def resolve(
     base_sum = 0.0
     out: list[Resolved] = []
     for index, raw in enumerate(pack):
-        where = f"record[{index}]"
-        record = _labels(raw, where, cbor)
-        for label in record:
-            if label not in _KNOWN and label.endswith("_"):
-                raise SenMLError(f"{where}.{label}: unsupported must-understand field")
+        record = _labels(raw, index, cbor)
+        if not _KNOWN.issuperset(record):
+            for label in record:
+                if label not in _KNOWN and label.endswith("_"):
+                    raise SenMLError(f"record[{index}].{label}: unsupported must-understand field")
         if "bver" in record:
             bver = record["bver"]
             if type(bver) is not int or bver < 1:
-                raise SenMLError(f"{where}.bver: must be a positive integer")
+                raise SenMLError(f"record[{index}].bver: must be a positive integer")
             if bver > SENML_VERSION:
-                raise SenMLError(f"{where}.bver: version {bver} is not supported")
+                raise SenMLError(f"record[{index}].bver: version {bver} is not supported")
         if "bn" in record:
-            base_name = _text(record, "bn", where, 2 * max_string)
+            base_name = _text(record, "bn", index, name_limit)
         if "bt" in record:
-            base_time = _number(record, "bt", where)
+            base_time = _number(record, "bt", index)
         if "bu" in record:
-            base_unit = _text(record, "bu", where, max_string)
+            base_unit = _text(record, "bu", index, max_string)
         if "bv" in record:
-            base_value = _number(record, "bv", where)
+            base_value = _number(record, "bv", index)
         if "bs" in record:
-            base_sum = _number(record, "bs", where)
+            base_sum = _number(record, "bs", index)
 
-        name = base_name + _text(record, "n", where, 2 * max_string) if "n" in record else base_name
+        name = base_name + _text(record, "n", index, name_limit) if "n" in record else base_name
         if not name:
-            raise SenMLError(f"{where}.n: no name (neither bn nor n)")
-        if len(name) > 2 * max_string or _NAME_RE.match(name) is None:
+            raise SenMLError(f"record[{index}].n: no name (neither bn nor n)")
+        if len(name) > name_limit or _NAME_RE.match(name) is None:
             raise SenMLError(
-                f"{where}.n: resolved name must start with a letter or digit and hold "
+                f"record[{index}].n: resolved name must start with a letter or digit and hold "
                 "only A-Z a-z 0-9 - : . / _"
             )
 
-        present = [label for label in _VALUE_LABELS if label in record]
         value: float | str | bool
-        if len(present) > 1:
-            raise SenMLError(f"{where}.{present[1]}: more than one value field")
-        if present:
-            label = present[0]
-            if label == "v":
-                value = base_value + _number(record, "v", where)
-                if not math.isfinite(value):
-                    raise SenMLError(f"{where}.v: number out of range with bv")
-            elif label == "vs":
-                value = _text(record, "vs", where, max_value_string)
-            elif label == "vb":
-                if type(record["vb"]) is not bool:
-                    raise SenMLError(f"{where}.vb: must be a boolean")
-                value = record["vb"]
-            else:
-                raise SenMLError(f"{where}.vd: data values are not supported")
-        elif "s" in record:
-            value = base_sum + _number(record, "s", where)
+        has_v = "v" in record
+        has_vs = "vs" in record
+        has_vb = "vb" in record
+        has_vd = "vd" in record
+        if has_v + has_vs + has_vb + has_vd > 1:
+            second = [label for label in _VALUE_LABELS if label in record][1]
+            raise SenMLError(f"record[{index}].{second}: more than one value field")
+        if has_v:
+            value = base_value + _number(record, "v", index)
             if not math.isfinite(value):
-                raise SenMLError(f"{where}.s: number out of range with bs")
+                raise SenMLError(f"record[{index}].v: number out of range with bv")
+        elif has_vs:
+            value = _text(record, "vs", index, max_value_string)
+        elif has_vb:
+            value = record["vb"]
+            if type(value) is not bool:
+                raise SenMLError(f"record[{index}].vb: must be a boolean")
+        elif has_vd:
+            raise SenMLError(f"record[{index}].vd: data values are not supported")
+        elif "s" in record:
+            value = base_sum + _number(record, "s", index)
+            if not math.isfinite(value):
+                raise SenMLError(f"record[{index}].s: number out of range with bs")
         else:
-            raise SenMLError(f"{where}.v: required (one of v, vs, vb, or a sum s)")
-        # A present `s` next to a value is checked but not stored: one value per event.
-        if present and "s" in record:
-            _number(record, "s", where)
+            raise SenMLError(f"record[{index}].v: required (one of v, vs, vb, or a sum s)")
+        # A sum next to a value is checked but not stored: one value per event.
+        if "s" in record and (has_v or has_vs or has_vb):
+            _number(record, "s", index)
 
-        unit = _text(record, "u", where, max_string) if "u" in record else base_unit
+        unit = _text(record, "u", index, max_string) if "u" in record else base_unit
         time = base_time
         if "t" in record:
-            time = base_time + _number(record, "t", where)
+            time = base_time + _number(record, "t", index)
             if not math.isfinite(time):
-                raise SenMLError(f"{where}.t: number out of range with bt")
+                raise SenMLError(f"record[{index}].t: number out of range with bt")
         if "ut" in record:
-            _number(record, "ut", where)
+            _number(record, "ut", index)
         out.append(Resolved(name, value, unit, time))
     return out
 
