@@ -129,15 +129,17 @@ def summarize(
 
 
 def passes(run: dict[str, Any], p99_bound_ms: float) -> bool:
-    """Capacity rule: every request answered 2.xx, p99 within bound, generator kept up."""
+    """Capacity rule: the generator offered the whole load, every request was answered
+    2.xx, and p99 is within the bound. (Send lag needs no rule of its own: latency runs
+    from the scheduled time, so a late generator already shows in p99.)"""
     lat = run["latency_ms"]
     return (
-        run["timeouts"] == 0
+        run["sent"] >= KEPT_UP_SHARE * run["scheduled"]
+        and run["timeouts"] == 0
         and run["answered"] == run["sent"] > 0
         and run["ok"] == run["answered"]
         and lat["p99"] is not None
         and lat["p99"] <= p99_bound_ms
-        and bool(run["generator_kept_up"])
     )
 
 
