@@ -199,37 +199,77 @@ async def run_healthcheck(config: ClientConfig, out: TextIO) -> int:
 
 
 def parse_link_format(text: str) -> list[tuple[str, dict[str, str | bool]]]:
-    """Links of an RFC 6690 document as (target, attributes). Raises ValueError."""
+    """Links of an RFC 6690 document as (target, attributes), in order.
+
+    A target runs from ``<`` to the next ``>`` (it may hold commas); a quoted value
+    may hold ``;``, ``,`` and backslash escapes; an attribute without ``=`` is
+    ``True``. Raises ValueError for anything else.
+    """
     links: list[tuple[str, dict[str, str | bool]]] = []
-    for part in _split_outside_quotes(text.strip(), ","):
-        part = part.strip()
-        if not part:
-            continue
-        if not part.startswith("<") or ">" not in part:
-            raise ValueError(f"not a link: {part[:40]!r}")
-        target, _, rest = part[1:].partition(">")
+    n = len(text)
+    i = _skip_space(text, 0)
+    while i < n:
+        if text[i] != "<":
+            raise ValueError(f"expected '<' at offset {i}")
+        end = text.find(">", i + 1)
+        if end < 0:
+            raise ValueError("unterminated link target")
+        target = text[i + 1 : end]
         attrs: dict[str, str | bool] = {}
-        for param in _split_outside_quotes(rest, ";"):
-            param = param.strip()
-            if not param:
-                continue
-            name, eq, value = param.partition("=")
-            attrs[name.strip()] = value.strip().strip('"') if eq else True
+        i = end + 1
+        while i < n and text[i] == ";":
+            i += 1
+            start = i
+            while i < n and text[i] not in "=;,":
+                i += 1
+            name = text[start:i].strip()
+            if not name:
+                raise ValueError(f"empty attribute name at offset {start}")
+            if i < n and text[i] == "=":
+                value, i = _attribute_value(text, i + 1)
+                attrs[name] = value
+            else:
+                attrs[name] = True
         links.append((target, attrs))
+        i = _skip_space(text, i)
+        if i < n:
+            if text[i] != ",":
+                raise ValueError(f"expected ',' at offset {i}")
+            i = _skip_space(text, i + 1)
     return links
 
 
-def _split_outside_quotes(text: str, separator: str) -> Iterator[str]:
-    start, quoted = 0, False
-    for index, char in enumerate(text):
-        if char == '"':
-            quoted = not quoted
-        elif char == separator and not quoted:
-            yield text[start:index]
-            start = index + 1
-    if quoted:
-        raise ValueError("unterminated quoted string")
-    yield text[start:]
+def _show_attribute(name: str, value: str | bool) -> str:
+    if value is True:
+        return f";{name}"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f';{name}="{escaped}"'
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _attribute_value(text: str, i: int) -> tuple[str, int]:
+    """A quoted string (with backslash escapes) or a bare token; returns (value, next)."""
+    n = len(text)
+    if i < n and text[i] == '"':
+        chars = []
+        i += 1
+        while i < n and text[i] != '"':
+            if text[i] == "\\" and i + 1 < n:
+                i += 1
+            chars.append(text[i])
+            i += 1
+        if i >= n:
+            raise ValueError("unterminated quoted string")
+        return "".join(chars), i + 1
+    start = i
+    while i < n and text[i] not in ";,":
+        i += 1
+    return text[start:i].strip(), i
 
 
 async def run_discover(config: ClientConfig, out: TextIO) -> int:
@@ -248,8 +288,10 @@ async def run_discover(config: ClientConfig, out: TextIO) -> int:
             emit(f"iot-client: the answer is not link format: {exc}", sys.stderr)
             return 1
         for target, attrs in links:
-            shown = ";".join(k if v is True else f'{k}="{v}"' for k, v in attrs.items())
-            emit(f"<{target}>" + (f";{shown}" if shown else ""), out)
+            emit(
+                "".join([f"<{target}>", *(_show_attribute(k, v) for k, v in attrs.items())]),
+                out,
+            )
     return code
 
 
