@@ -26,6 +26,16 @@ Choices an operator should know:
   lie in years 1970..9999. Without it the event takes the receive time.
 - CBOR: tags (including self-describe 55799) are refused, as are byte strings,
   `undefined`, simple values and trailing bytes after the first item.
+- SenML: each record of the pack is one event. The resolved name (bn + n) is split
+  by `senml.split_name`: a device URN (`urn:dev:ow:10e2…`) is the origin and what
+  follows it the type; otherwise the cut is the last '/' or ':' (`probe1/temperature`
+  → origin `probe1`, type `temperature`). A name without a separator is all type
+  and the origin is the sender; a name that is all origin takes its unit as the type
+  (RFC 8428 §5.1.1's `{"n": "urn:dev:ow:…", "u": "Cel", "v": 23.1}` → type `Cel`),
+  and without a unit the pack is refused. SenML carries no sender or namespace: the
+  caller's `default_sender`/`default_namespace` fill them. `v`/`vs`/`vb` (or a sum
+  `s`) is the value, `vd` is refused, `u` or `bu` the unit, `bt + t` the time:
+  epoch seconds from 2**28 on, else seconds relative to the receive time (§4.5.3).
 
 Deterministic ids. An event's id is the client's `id` when given (a global
 idempotency key: make it unique across senders, e.g. a UUID). Otherwise it is

@@ -381,6 +381,20 @@ def test_unusable_path_raises_store_unavailable_and_writes_fail(tmp_path: Path) 
     asyncio.run(main())
 
 
+def test_a_file_that_is_not_a_database_raises_store_unavailable(tmp_path: Path) -> None:
+    garbage = tmp_path / "events.db"
+    garbage.write_bytes(b"not a database" * 512)
+
+    async def main() -> None:
+        sink = SqliteSink(str(garbage))
+        with pytest.raises(StoreUnavailable, match="sqlite"):
+            await sink.start()
+        await sink.close()
+
+    asyncio.run(main())
+    assert garbage.read_bytes() == b"not a database" * 512  # left as it was
+
+
 def test_write_after_close_fails_without_raising(tmp_path: Path) -> None:
     async def main() -> None:
         sink = SqliteSink(str(tmp_path / "events.db"))
