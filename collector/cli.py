@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from collector import __version__
 from collector.config import Config, ConfigError, add_serve_arguments, build_config
@@ -19,13 +20,20 @@ from collector.config import Config, ConfigError, add_serve_arguments, build_con
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 2 (`--help` still prints the full usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="iot-collector",
         description="A CoAP (RFC 7252) collector for IoT device fleets.",
     )
     parser.add_argument("--version", action="version", version=f"iot-collector {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     serve = sub.add_parser(
         "serve",
         help="receive events over CoAP/UDP and store them",
@@ -40,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command != "serve":
-        parser.print_usage(sys.stderr)
-        print("iot-collector: error: a command is required (serve)", file=sys.stderr)
+        print("iot-collector: error: a command is required: serve (see --help)", file=sys.stderr)
         return EXIT_USAGE
     try:
         config = build_config(args, os.environ)

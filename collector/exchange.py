@@ -4,7 +4,10 @@ Message deduplication (§4.5): a worker remembers each request it saw by (peer, 
 ID) for EXCHANGE_LIFETIME. While the request is being stored the entry holds the
 in-progress `Request`, so a duplicate is absorbed (or, once an empty ACK went out,
 ACKed again); afterwards it holds the exact response bytes, so a duplicate gets the
-same answer again and is never stored twice.
+same answer again and is never stored twice. A duplicate is a retransmission, so it
+has the original's length: a datagram that reuses a remembered (peer, Message ID)
+with another length is dropped, never answered from the cache, so a small forged
+datagram cannot draw a larger cached response (RFC 7252 §11.3, amplification).
 
 Memory is bounded: at most `capacity` exchanges are remembered. Entries are kept in
 arrival order (a dict preserves insertion order and arrivals are monotonic), so
@@ -152,8 +155,8 @@ class ExchangeLayer:
         self.capacity = capacity
         self.ack_delay = ack_delay
         self.lifetime = lifetime
-        # key -> (arrival time, Request | response bytes)
-        self.seen: dict[tuple[Peer, int], tuple[float, Request | bytes]] = {}
+        # key -> (arrival time, request datagram length, Request | response bytes)
+        self.seen: dict[tuple[Peer, int], tuple[float, int, Request | bytes]] = {}
         self._waiting: list[Request] = []  # CON requests in arrival order, for ack-delay
         self._waiting_head = 0
         self._outgoing: dict[tuple[Peer, int], Retransmission] = {}
@@ -163,29 +166,36 @@ class ExchangeLayer:
 
     # -- dedup ---------------------------------------------------------------------
 
-    def duplicate(self, peer: Peer, mid: int) -> bool:
-        """Handle a request seen before; True when it was a duplicate (and is done)."""
+    def duplicate(self, peer: Peer, mid: int, size: int) -> bool:
+        """Handle a request seen before; True when it was a duplicate (and is done).
+
+        `size` is the datagram's length; one unlike the original's gets no answer.
+        """
         entry = self.seen.get((peer, mid))
         if entry is None:
             return False
-        state = entry[1]
+        if entry[1] != size:
+            return True
+        state = entry[2]
         if isinstance(state, bytes):
             self._send(state, peer)
         elif state.separate:
             self._send(empty(_ACK, mid), peer)
         return True
 
-    def remember(self, key: tuple[Peer, int], now: float, state: Request | bytes) -> None:
+    def remember(
+        self, key: tuple[Peer, int], now: float, size: int, state: Request | bytes
+    ) -> None:
         seen = self.seen
         if key not in seen and len(seen) >= self.capacity:
             del seen[next(iter(seen))]  # the oldest exchange is forgotten first
-        seen[key] = (now, state)
+        seen[key] = (now, size, state)
 
     def answered(self, key: tuple[Peer, int], data: bytes) -> None:
         """Replace an in-progress entry by its response bytes (keeps arrival order)."""
         entry = self.seen.get(key)
         if entry is not None:
-            self.seen[key] = (entry[0], data)
+            self.seen[key] = (entry[0], entry[1], data)
 
     def track(self, request: Request) -> None:
         """Watch a CON request for the ack-delay deadline."""

@@ -41,6 +41,7 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # elasticsearch-py's transport logs every request at INFO: far too chatty here.
-    logging.getLogger("elastic_transport").setLevel(max(logging.WARNING, root.level))
+    # elasticsearch-py's transport logs every request at INFO and every failed
+    # connection at WARNING; the sink reports store state itself, once per change.
+    logging.getLogger("elastic_transport").setLevel(logging.CRITICAL)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")

@@ -239,7 +239,7 @@ class Worker:
             if mtype == _CON:
                 self._send(empty(_RST, msg.mid), peer)
             return
-        if self.exchange.duplicate(peer, msg.mid):
+        if self.exchange.duplicate(peer, msg.mid, len(data)):
             self.stats.duplicates += 1
             return
         self._request(msg, peer, len(data), now, wall_ms)
@@ -345,7 +345,7 @@ class Worker:
         request = Request(peer, msg.mid, msg.token, msg.type, size, now)
         request.remaining = len(events)
         exchange = self.exchange
-        exchange.remember(request.key, now, request)
+        exchange.remember(request.key, now, size, request)
         if msg.type == _CON:
             exchange.track(request)
         add = driver.add
@@ -457,7 +457,7 @@ class Worker:
             limit=size if limit == -1 else limit,
         )
         self._send(data, peer)
-        self.exchange.remember((peer, msg.mid), now, data)
+        self.exchange.remember((peer, msg.mid), now, size, data)
         stats = self.stats
         stats.requests[
             resources.METHOD_LABELS.get(msg.code, "other"),
@@ -492,7 +492,7 @@ def serve_forever(
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        worker = Worker(index, sock, config, status)
+        worker = Worker(index, sock, config, status, metrics=bool(config.metrics_port))
         return loop.run_until_complete(worker.run())
     finally:
         loop.close()

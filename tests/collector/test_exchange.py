@@ -63,41 +63,50 @@ def test_fit_is_a_valid_prefix_within_budget(text: str, budget: int) -> None:
 
 def test_duplicate_of_answered_request_gets_the_same_bytes() -> None:
     layer, sent = make_layer()
-    assert not layer.duplicate(PEER, 5)
-    layer.remember((PEER, 5), 0.0, b"response")
-    assert layer.duplicate(PEER, 5)
+    assert not layer.duplicate(PEER, 5, 30)
+    layer.remember((PEER, 5), 0.0, 30, b"response")
+    assert layer.duplicate(PEER, 5, 30)
     assert sent == [(b"response", PEER)]
+
+
+def test_same_mid_with_another_length_is_dropped_not_answered_from_cache() -> None:
+    """Regression: a 4-byte datagram reusing a remembered MID drew the cached, larger
+    response (amplification, RFC 7252 §11.3)."""
+    layer, sent = make_layer()
+    layer.remember((PEER, 5), 0.0, 60, b"a response of some length")
+    assert layer.duplicate(PEER, 5, 4)
+    assert sent == []
 
 
 def test_duplicate_while_storing_is_absorbed_then_acked_once_separate() -> None:
     layer, sent = make_layer()
     req = Request(PEER, 9, b"t", 0, 30, 0.0)
     req.remaining = 1
-    layer.remember(req.key, 0.0, req)
+    layer.remember(req.key, 0.0, 30, req)
     layer.track(req)
-    assert layer.duplicate(PEER, 9)
+    assert layer.duplicate(PEER, 9, 30)
     assert sent == []  # absorbed
     layer.tick(0.6)  # past ack-delay: the empty ACK goes out
     assert req.separate
     assert sent == [(empty(2, 9), PEER)]
-    assert layer.duplicate(PEER, 9)  # a retransmission now gets the empty ACK again
+    assert layer.duplicate(PEER, 9, 30)  # a retransmission now gets the empty ACK again
     assert sent[-1] == (empty(2, 9), PEER)
 
 
 def test_capacity_forgets_the_oldest_exchange_first() -> None:
     layer, _ = make_layer(capacity=3)
     for mid in range(5):
-        layer.remember((PEER, mid), float(mid), b"r")
+        layer.remember((PEER, mid), float(mid), 10, b"r")
     assert len(layer.seen) == 3
-    assert not layer.duplicate(PEER, 0)
-    assert not layer.duplicate(PEER, 1)
-    assert layer.duplicate(PEER, 4)
+    assert not layer.duplicate(PEER, 0, 10)
+    assert not layer.duplicate(PEER, 1, 10)
+    assert layer.duplicate(PEER, 4, 10)
 
 
 def test_entries_expire_after_the_exchange_lifetime() -> None:
     layer, _ = make_layer(lifetime=10.0)
-    layer.remember((PEER, 1), 0.0, b"r")
-    layer.remember((PEER, 2), 5.0, b"r")
+    layer.remember((PEER, 1), 0.0, 10, b"r")
+    layer.remember((PEER, 2), 5.0, 10, b"r")
     layer.tick(10.5)
     assert (PEER, 1) not in layer.seen
     assert (PEER, 2) in layer.seen
