@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import uuid
+from typing import Any
 
 import cbor2
 import pytest
@@ -19,6 +20,10 @@ EVENT = {
     "payload": {"type": "temperature", "value": 15.5, "unit": "Cel"},
     "timestamp": "2026-11-25T14:08:24.771Z",
 }
+
+# A byte-string key: a valid CBOR map, but field names must be text.
+BYTES_KEYED: dict[Any, Any] = {**EVENT, b"k": 1}
+BYTES_KEYED_PAYLOAD: dict[Any, Any] = {"type": "t", "value": 1, b"k": 1}
 
 
 def test_single_event() -> None:
@@ -71,10 +76,10 @@ def test_epoch_timestamp_and_default() -> None:
         (b"\xd9\xd9\xf7" + cbor2.dumps(EVENT), "body: CBOR tags are not accepted"),  # 55799
         (b"\xd8\x63\x01", "body: CBOR tags are not accepted"),  # unknown tag 99
         (cbor2.dumps({1: "x"}), "body: malformed CBOR"),  # integer keys
-        (cbor2.dumps({**EVENT, b"k": 1}), "body: field names must be strings"),
-        (cbor2.dumps([EVENT, {**EVENT, b"k": 1}]), "event[1]: field names must be strings"),
+        (cbor2.dumps(BYTES_KEYED), "body: field names must be strings"),
+        (cbor2.dumps([EVENT, BYTES_KEYED]), "event[1]: field names must be strings"),
         (
-            cbor2.dumps({**EVENT, "payload": {"type": "t", "value": 1, b"k": 1}}),
+            cbor2.dumps({**EVENT, "payload": BYTES_KEYED_PAYLOAD}),
             "payload: field names must be strings",
         ),
         (b"\xa2\x61a\x01\x61a\x02", "body: malformed CBOR"),  # duplicate keys

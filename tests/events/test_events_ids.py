@@ -101,3 +101,26 @@ def test_different_content_gives_different_ids(a: tuple[str, ...], b: tuple[str,
         }
 
     assert (one_id(event(a)) == one_id(event(b))) == (a == b)
+
+
+sources = st.from_regex(r"\A[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}\Z")
+mids = st.integers(0, 0xFFFF)
+
+
+@given(sources, sources, mids, mids, st.integers(0, 2**41), st.integers(0, 2**41))
+def test_timed_ids_ignore_the_exchange(
+    source_a: str, source_b: str, mid_a: int, mid_b: int, recv_a: int, recv_b: int
+) -> None:
+    a = one_id(TIMED, source=source_a, mid=mid_a, received_ms=recv_a)
+    b = one_id(TIMED, source=source_b, mid=mid_b, received_ms=recv_b)
+    assert a == b
+
+
+@given(sources, sources, mids, mids)
+def test_untimed_ids_follow_the_exchange(
+    source_a: str, source_b: str, mid_a: int, mid_b: int
+) -> None:
+    # The same receive time on purpose: only source and mid may tell them apart.
+    a = one_id(UNTIMED, source=source_a, mid=mid_a, received_ms=1)
+    b = one_id(UNTIMED, source=source_b, mid=mid_b, received_ms=1)
+    assert (a == b) == ((source_a, mid_a) == (source_b, mid_b))
