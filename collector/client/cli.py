@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NoReturn
 
 from coap.transmission import TransmissionParameters
+from collector import __version__
 
 from . import payloads
 from .city import CityError, run_city
@@ -202,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Send events to an iot-collector over CoAP, check it, simulate a fleet.",
     )
+    parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     _add_globals(parser, suppress=False)
     common = _Parser(add_help=False)
     _add_globals(common, suppress=True)
