@@ -10,24 +10,26 @@ from typing import Any
 
 import pytest
 
+from collector.estemplate import MAPPINGS
+
 ROOT = Path(__file__).resolve().parents[2]
 NDJSON = ROOT / "deploy" / "kibana" / "saved_objects.ndjson"
-# Fields the collector writes (its index template maps them).
-EVENT_FIELDS = {
-    "@timestamp",
-    "received_at",
-    "namespace",
-    "sender",
-    "origin",
-    "payload.type",
-    "payload.unit",
-    "payload.value",
-    "payload.value_string",
-    "payload.value_bool",
-    "source",
-    "worker",
-    "event_id",
-}
+
+
+def mapped_types(properties: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flattened field -> type of the collector's index template mappings."""
+    out: dict[str, str] = {}
+    for name, spec in properties.items():
+        if "properties" in spec:
+            out |= mapped_types(spec["properties"], f"{prefix}{name}.")
+        else:
+            out[f"{prefix}{name}"] = spec["type"]
+    return out
+
+
+# The mapping the collector installs for every daily index.
+FIELD_TYPES = mapped_types(MAPPINGS["properties"])
+NUMERIC = {"double", "float", "long", "integer"}
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +111,33 @@ def test_dashboard_shows_rate_values_and_latest_readings(objects: list[dict[str,
     )
 
 
-def test_fields_used_exist_in_the_events(objects: list[dict[str, Any]]) -> None:
-    used: set[str] = set()
+def test_fields_used_are_mapped_with_a_type_that_fits(objects: list[dict[str, Any]]) -> None:
+    """Each aggregation needs its field mapped with a fitting type (terms on keyword,
+    avg on a number, date_histogram on a date), or Kibana shows an empty panel."""
+    wanted = {
+        "terms": {"keyword"},
+        "avg": NUMERIC,
+        "date_histogram": {"date"},
+        "max": NUMERIC | {"date"},
+        "top_hits": set(FIELD_TYPES.values()),
+    }
+    used: list[tuple[str, set[str]]] = []
     for o in by_type(objects, "visualization"):
         state = json.loads(o["attributes"]["visState"])
         for agg in state["aggs"]:
-            for key in ("field", "sortField"):
-                if key in agg["params"]:
-                    used.add(agg["params"][key])
+            used.append((agg["params"]["field"], wanted[agg["type"]]))
+            if "sortField" in agg["params"]:
+                used.append((agg["params"]["sortField"], {"date"}))
         expression = state["params"].get("expression", "")
-        used |= set(re.findall(r"(?:timefield=|metric=\w+:|split=)([\w@.]+)", expression))
+        used += [(f, {"date"}) for f in re.findall(r"timefield=([\w@.]+)", expression)]
+        used += [(f, NUMERIC) for f in re.findall(r"metric=avg:([\w@.]+)", expression)]
+        used += [(f, {"keyword"}) for f in re.findall(r"split=([\w@.]+)", expression)]
     for search in by_type(objects, "search"):
-        used |= set(search["attributes"]["columns"])
-        used |= {s[0] for s in search["attributes"]["sort"]}
-    assert used and used <= EVENT_FIELDS, used - EVENT_FIELDS
+        used += [(c, set(FIELD_TYPES.values())) for c in search["attributes"]["columns"]]
+        used += [(s[0], {"date"}) for s in search["attributes"]["sort"]]
+    (view,) = by_type(objects, "index-pattern")
+    used.append((view["attributes"]["timeFieldName"], {"date"}))
+    assert len(used) > 10
+    for field, types in used:
+        assert field in FIELD_TYPES, f"{field} is not mapped by collector.estemplate"
+        assert FIELD_TYPES[field] in types, (field, FIELD_TYPES[field], types)
