@@ -226,6 +226,13 @@ class Fleet:
             )
         retransmissions = sum(d.endpoint.retransmissions for d in self.devices)
         lines.append(f"retransmissions {retransmissions}")
+        if sending > self.duration * 1.05 + 0.1:
+            # Open loop fell behind its own schedule: the numbers above describe this
+            # machine's limit as a load generator, not only the server's.
+            lines.append(
+                f"warning: sending took {sending:.2f} s for a {self.duration:g} s schedule; "
+                "this client could not generate the asked rate"
+            )
         return lines
 
 
