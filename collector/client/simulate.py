@@ -39,6 +39,8 @@ __all__ = ["Fleet", "WeatherStation", "run_simulate"]
 
 _READINGS = (("temperature", "Cel"), ("humidity", "%RH"), ("pressure", "hPa"))
 _PROGRESS_EVERY = 0.25  # seconds between progress line updates
+#: Latencies kept for the percentiles; beyond it, a uniform sample (bounded memory).
+LATENCY_SAMPLES = 200_000
 
 
 @dataclass(slots=True)
@@ -104,6 +106,8 @@ class Fleet:
     tally: Tally = field(default_factory=Tally)
     skipped: int = 0
     latencies: list[float] = field(default_factory=list)
+    answered: int = 0
+    sample_rng: random.Random = field(default_factory=lambda: random.Random(0))
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     started: float = 0.0
     finished_sending: float = 0.0
@@ -138,7 +142,18 @@ class Fleet:
             outcome = exc
         self.tally.add(outcome, len(events))
         if isinstance(outcome, Response):
-            self.latencies.append(outcome.rtt)
+            self._record_latency(outcome.rtt)
+
+    def _record_latency(self, rtt: float) -> None:
+        """Reservoir sampling (Algorithm R): exact percentiles up to LATENCY_SAMPLES
+        answers, an unbiased sample of them beyond, in bounded memory."""
+        self.answered += 1
+        if len(self.latencies) < LATENCY_SAMPLES:
+            self.latencies.append(rtt)
+            return
+        slot = self.sample_rng.randrange(self.answered)
+        if slot < LATENCY_SAMPLES:
+            self.latencies[slot] = rtt
 
     async def run(self, stop: StopFlag, progress: TextIO | None) -> None:
         loop = asyncio.get_running_loop()
