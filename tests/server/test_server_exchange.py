@@ -279,3 +279,19 @@ def test_slow_store_gets_empty_ack_then_separate_con_response(
         no_reply(resetter, 0.05)
     for ev in (acked_ev, unacked_ev, reset_ev):
         assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+
+
+def test_reused_mid_never_gets_an_answer_larger_than_itself(
+    collector: Callable[..., Collector],
+) -> None:
+    server = collector()
+    with server.client() as client:
+        big = client.build(Code.POST, "events", json.dumps(event(origin=None)).encode(), fmt=50)
+        first = client.exchange_raw(coap.encode(big), 2.0)
+        assert first is not None and coap.decode(first).code == Code.BAD_REQUEST
+        assert len(first) > 4
+        tiny = bytes((0x40, Code.GET, big.mid >> 8, big.mid & 0xFF))  # CON GET, same MID
+        answer = client.exchange_raw(tiny, 0.5)
+        assert answer is None or len(answer) <= len(tiny), (
+            f"{len(answer)}-byte answer to a {len(tiny)}-byte datagram"
+        )
