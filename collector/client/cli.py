@@ -301,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_text(args: argparse.Namespace) -> None:
+    """Arguments that are not valid UTF-8 reach Python as lone surrogates; events
+    are UTF-8 on the wire, so say so now rather than fail while encoding."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(f"{name}: not valid UTF-8: {item!r}") from None
+
+
 def _config(args: argparse.Namespace) -> ClientConfig:
     port = args.port
     if port is None:
@@ -390,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_text(args)
         config = _config(args)
         coro = _command(args, config)
     except UsageError as exc:

@@ -310,7 +310,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         what = "no response" if exchange.acked else "no answer"
         if exchange.acked:
             what += " after the empty ACK"
-        text = f"{what} within {waited:.1f} s ({exchange.transmissions} transmissions)"
+        text = f"{what} within {waited:.3g} s ({exchange.transmissions} transmissions)"
         if self.last_error is not None and not exchange.acked:
             text += f"; last error: {self.last_error.strerror or self.last_error}"
         return text

@@ -201,7 +201,9 @@ class Fleet:
             task.cancel()
 
     def _progress(self, stream: TextIO, now: float) -> None:
-        elapsed = max(now - self.started, 1e-9)
+        # The rate is over the sending phase; it stays put while answers drain.
+        end = self.finished_sending or now
+        elapsed = max(min(now, end) - self.started, 1e-9)
         tally = self.tally
         line = (
             f"\rsimulate {min(elapsed, self.duration):6.1f}/{self.duration:g} s"

@@ -172,6 +172,12 @@ def test_min_above_max_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().err.strip() == "iot-client: --min 5.0 is greater than --max 1.0"
 
 
+def test_argument_that_is_not_utf8_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # What Python makes of the bytes b"\xff" in argv (surrogateescape).
+    assert main(["send", "t", "caf\udcff"]) == 2
+    assert capsys.readouterr().err.startswith("iot-client: value: not valid UTF-8")
+
+
 def test_bad_iot_port_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
