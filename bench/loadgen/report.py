@@ -223,6 +223,10 @@ def _f(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _g(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
 def _codes(codes: dict[str, int]) -> str:
     return " ".join(f"{c}:{n}" for c, n in codes.items()) or "-"
 
@@ -263,9 +267,10 @@ def side_by_side(runs: Sequence[dict[str, Any]]) -> str:
 def compare_table(compare: dict[str, Any]) -> str:
     """Capacity and p99 at the common rate per server, with ratios to the collector."""
     common = compare.get("common_rate")
+    common_text = f"{common:g}" if common else "-"
     rows = [
         f"| server | capacity req/s (p99 <= {compare['p99_bound_ms']:g} ms, no errors) |"
-        f" p99 ms at {common or '-'} req/s | p50 ms at common | capacity / collector |"
+        f" p99 ms at {common_text} req/s | p50 ms at common | capacity / collector |"
         " collector / server | server CPU us/req at common | startup s |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -275,7 +280,7 @@ def compare_table(compare: dict[str, Any]) -> str:
         ratio = f"{cap / ref:.2f}" if cap and ref else "-"
         inv = f"{ref / cap:.1f}x" if cap and ref else "-"
         rows.append(
-            f"| {s['name']} | {cap if cap is not None else s.get('skipped', '-')} |"
+            f"| {s['name']} | {_g(cap) if cap is not None else s.get('skipped', '-')} |"
             f" {_f(s.get('p99_at_common_ms'))} | {_f(s.get('p50_at_common_ms'))} |"
             f" {ratio} | {inv} | {_f(s.get('cpu_us_at_common'), 1)} |"
             f" {_f(s.get('startup_s'), 3)} |"
