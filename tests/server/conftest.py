@@ -393,7 +393,8 @@ def start_collector(
     **flags: Any,
 ) -> Collector:
     """Start `iot-collector serve` with `flags` (defaults: loopback, port 0, 1 worker,
-    sqlite in `workdir`, metrics off) and wait for GET /health to answer 2.05."""
+    sqlite in `workdir`, metrics off, drain timeout 3 s) and wait for GET /health to
+    answer 2.05 (the port, when 0, is read from the "serving" log line)."""
     workdir.mkdir(parents=True, exist_ok=True)
     opts: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -402,6 +403,8 @@ def start_collector(
         "sink": "sqlite",
         "sqlite_path": str(workdir / "events.db"),
         "metrics_port": 0,
+        # A test that left a separate response un-ACKed must not hold teardown 10 s.
+        "drain_timeout": 3,
     }
     opts.update(flags)
     argv = [str(COLLECTOR_BIN), "serve"]

@@ -14,6 +14,8 @@ import socket
 import sqlite3
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -395,3 +397,107 @@ def test_metrics_off_ignores_a_missing_multiproc_dir(tmp_path: Path) -> None:
             assert client.post_events(event()).code == Code.CREATED
     finally:
         assert server.terminate() == 0
+
+
+# --- store failures and shutdown edge cases --------------------------------------------
+
+
+def test_store_failure_gets_503_with_max_age_and_health_says_so(
+    collector: Callable[..., Collector],
+) -> None:
+    """A write lock held past SQLite's busy timeout (5 s) fails the batch: the device
+    gets 5.03 with Max-Age, nothing is stored, /health and /readyz report the store down,
+    and a write after the lock is gone succeeds again."""
+    metrics_port = free_tcp_port()
+    server = collector(metrics_host="127.0.0.1", metrics_port=metrics_port, ack_delay=0.2)
+    ev = event()
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with server.client() as client:
+            reply = client.post_events(ev, timeout=15)
+            assert reply.code == Code.SERVICE_UNAVAILABLE, reply
+            assert reply.type == Type.CON  # separate: the store took longer than ack-delay
+            assert (reply.uint_option(OptionNumber.MAX_AGE) or 0) >= 1
+            assert b"sqlite" in reply.payload
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+    # The failed write marks the store down for a while: /health and /readyz say so.
+    deadline = time.monotonic() + 5
+    with server.client() as client:
+        while True:
+            health = client.request(Code.GET, "health")
+            if health.code != Code.CONTENT or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert health.code == Code.SERVICE_UNAVAILABLE
+    assert health.uint_option(OptionNumber.MAX_AGE) is not None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5):
+            ready = 200
+    except urllib.error.HTTPError as exc:
+        ready = exc.code
+        exc.close()
+    assert ready == 503
+    with server.client() as client:
+        assert client.post_events(ev).code == Code.CREATED  # the device's retry works
+    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+
+
+def test_sigint_drains_cleanly(collector: Callable[..., Collector]) -> None:
+    server = collector(workers=2)
+    with server.client() as client:
+        assert client.post_events(event()).code == Code.CREATED
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(15) == 0, server.stderr_tail()
+    assert server.workers() == []
+
+
+def test_second_signal_forces_exit(collector: Callable[..., Collector]) -> None:
+    server = collector(drain_timeout=30)
+    server.expect_clean_exit = False
+    workers = server.workers()
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with server.client() as client:
+            msg = client.build(Code.POST, "events", json.dumps(event()).encode(), fmt=50)
+            client.send(coap.encode(msg))
+            time.sleep(0.3)  # the event now waits on the lock: the drain cannot finish
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert server.proc.poll() is None, "exited although an event was pending"
+            server.proc.send_signal(signal.SIGTERM)
+            code = server.proc.wait(10)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert code == 1
+    assert "killed" in server.stderr().strip().splitlines()[-1]
+    for pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        )
+
+
+def test_drain_timeout_exceeded_exits_1(collector: Callable[..., Collector]) -> None:
+    server = collector(drain_timeout=0.5)
+    server.expect_clean_exit = False
+    lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with server.client() as client:
+            msg = client.build(Code.POST, "events", json.dumps(event()).encode(), fmt=50)
+            client.send(coap.encode(msg))
+            time.sleep(0.3)
+            server.proc.send_signal(signal.SIGTERM)
+            code = server.proc.wait(15)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert code == 1, server.stderr_tail()
+    last = server.stderr().strip().splitlines()[-1]
+    assert last.startswith("iot-collector:"), last

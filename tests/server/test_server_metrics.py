@@ -59,9 +59,9 @@ def value(server: Collector, name: str, **labels: str) -> float:
     return samples(server).get((name, frozenset(labels.items())), 0.0)
 
 
-def poll(server: Collector, name: str, target: float, timeout: float = 8.0, **labels: str) -> float:
-    """Wait until the metric reaches `target` (workers publish once a second)."""
-    deadline = time.monotonic() + timeout
+def poll(server: Collector, name: str, target: float, **labels: str) -> float:
+    """Wait (up to 8 s) until the metric reaches `target`; workers publish once a second."""
+    deadline = time.monotonic() + 8.0
     while True:
         got = value(server, name, **labels)
         if got >= target or time.monotonic() > deadline:
