@@ -170,9 +170,7 @@ async def connect(config: ClientConfig) -> ClientEndpoint:
 async def _get(config: ClientConfig, path: str, out: TextIO) -> tuple[int, Response | None]:
     endpoint = await connect(config)
     try:
-        response = await endpoint.request(
-            Code.GET, path, confirmable=config.confirmable, timeout=config.timeout
-        )
+        response = await endpoint.get(path, confirmable=config.confirmable, timeout=config.timeout)
     except RequestError as exc:
         tally = Tally()
         tally.add(exc)

@@ -26,6 +26,7 @@ other peer and each endpoint has its own source port (the simulator relies on it
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import socket
 import time
@@ -35,10 +36,11 @@ from typing import Final, cast
 
 import coap
 from coap import Code, Message, OptionNumber, Type
-from coap.codes import is_response
+from coap.codes import is_response, is_success
 from coap.transmission import TransmissionParameters
 
 __all__ = [
+    "BlockwiseError",
     "ClientEndpoint",
     "EndpointClosed",
     "ExchangeReset",
@@ -48,6 +50,9 @@ __all__ = [
 ]
 
 _TOKEN_BYTES: Final = 4
+#: Blocks a GET follows at most (64 KiB at the largest block size): a bound, not a
+#: protocol limit, so that a misbehaving server cannot keep the client forever.
+MAX_BLOCKS: Final = 64
 
 
 class RequestError(Exception):
@@ -64,6 +69,17 @@ class ExchangeReset(RequestError):
 
 class EndpointClosed(RequestError):
     """The endpoint was closed while the request was outstanding."""
+
+
+class BlockwiseError(RequestError):
+    """A block-wise response could not be reassembled."""
+
+
+def _read_block(raw: bytes) -> coap.Block:
+    try:
+        return coap.Block.decode(raw)
+    except coap.CoapError as exc:
+        raise BlockwiseError(f"bad Block2 option: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +268,59 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         finally:
             # Cancellation by the caller must not leave timers behind.
             self._forget(exchange)
+
+    async def get(
+        self,
+        path: str,
+        *,
+        confirmable: bool = True,
+        timeout: float | None = None,
+        max_blocks: int = MAX_BLOCKS,
+    ) -> Response:
+        """GET ``path``, following a block-wise (RFC 7959 §2.4) response to its end.
+
+        The returned response is the last block's, with the whole body as payload.
+        Raises what :meth:`request` raises, and BlockwiseError when the blocks do not
+        line up, the representation changes midway (ETag) or there are more than
+        ``max_blocks``.
+        """
+        response = await self.request(Code.GET, path, confirmable=confirmable, timeout=timeout)
+        raw = response.message.option(OptionNumber.BLOCK2)
+        if raw is None or not is_success(response.code):
+            return response
+        block = _read_block(raw)
+        if block.num != 0:
+            raise BlockwiseError(f"the first block of {path} is number {block.num}")
+        etag = response.message.option(OptionNumber.ETAG)
+        body = bytearray(response.message.payload)
+        transmissions = response.transmissions
+        while block.more:
+            if block.num + 1 >= max_blocks:
+                raise BlockwiseError(f"{path} is longer than {max_blocks} blocks")
+            following = coap.Block(block.num + 1, False, block.szx)
+            response = await self.request(
+                Code.GET,
+                path,
+                confirmable=confirmable,
+                timeout=timeout,
+                options=((OptionNumber.BLOCK2, following.encode()),),
+            )
+            transmissions += response.transmissions
+            raw = response.message.option(OptionNumber.BLOCK2)
+            if not is_success(response.code) or raw is None:
+                return response  # an error answer midway is the answer
+            block = _read_block(raw)
+            if block.num != following.num:
+                raise BlockwiseError(f"asked for block {following.num}, got {block.num}")
+            if response.message.option(OptionNumber.ETAG) != etag:
+                raise BlockwiseError(f"{path} changed during the block-wise transfer")
+            body += response.message.payload
+        return Response(
+            message=dataclasses.replace(response.message, payload=bytes(body)),
+            rtt=response.rtt,
+            transmissions=transmissions,
+            separate=response.separate,
+        )
 
     def close(self) -> None:
         """Close the socket; outstanding requests fail with EndpointClosed."""

@@ -19,7 +19,7 @@ from coap import ContentFormat, OptionNumber
 from coap.codes import code_class as coap_class
 from coap.codes import is_success
 
-from .endpoint import ExchangeReset, RequestError, RequestTimeout, Response
+from .endpoint import BlockwiseError, ExchangeReset, RequestError, RequestTimeout, Response
 
 __all__ = [
     "EXIT_ANSWER_ERROR",
@@ -93,6 +93,7 @@ class Tally:
     codes: Counter[str] = field(default_factory=Counter)
     timeouts: int = 0
     resets: int = 0
+    protocol_errors: int = 0  # answers that could not be put together (block-wise)
     other_errors: int = 0
     events_acked: int = 0
     events_sent: int = 0
@@ -103,6 +104,8 @@ class Tally:
             self.timeouts += 1
         elif isinstance(outcome, ExchangeReset):
             self.resets += 1
+        elif isinstance(outcome, BlockwiseError):
+            self.protocol_errors += 1
         elif isinstance(outcome, RequestError):
             self.other_errors += 1
         else:
@@ -116,8 +119,9 @@ class Tally:
 
     @property
     def errors(self) -> int:
-        """Answers that are not 2.xx, plus resets."""
-        return sum(n for code, n in self.codes.items() if not code.startswith("2.")) + self.resets
+        """Answers that are not 2.xx, resets and unusable block-wise answers."""
+        failed = sum(n for code, n in self.codes.items() if not code.startswith("2."))
+        return failed + self.resets + self.protocol_errors
 
     @property
     def exit_code(self) -> int:

@@ -91,7 +91,7 @@ def libcoap_server() -> Iterator[int]:
         pytest.skip("coap-server-notls (libcoap3-bin) is not installed: run make setup")
     port = free_udp_port()
     proc = subprocess.Popen(
-        [binary, "-A", "127.0.0.1", "-p", str(port), "-d", "10"],
+        [binary, "-A", "127.0.0.1", "-p", str(port), "-d", "64"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

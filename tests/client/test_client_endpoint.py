@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import pytest
 
 import coap
-from coap import Code, Message, Type
+from coap import Code, Message, OptionNumber, Type
 from coap.transmission import TransmissionParameters
 from collector.client.endpoint import (
+    BlockwiseError,
     ClientEndpoint,
     EndpointClosed,
     ExchangeReset,
@@ -334,6 +335,80 @@ def test_close_fails_outstanding_requests() -> None:
             await pending
         with pytest.raises(EndpointClosed):
             await endpoint.request(Code.GET, "/health")
+        transport.close()
+
+    _run(scenario())
+
+
+def _blockwise(body: bytes, *, etag_change_at: int | None = None, skip: bool = False) -> Handler:
+    """Serve GET with ``body`` in 16-byte blocks (SZX 0), as RFC 7959 §2.4 does."""
+
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code != Code.GET:
+            return
+        raw = msg.option(OptionNumber.BLOCK2)
+        num = 0 if raw is None else coap.Block.decode(raw).num
+        if skip and num == 1:
+            num = 2
+        chunk = body[num * 16 : (num + 1) * 16]
+        more = (num + 1) * 16 < len(body)
+        etag = b"\x02" if etag_change_at is not None and num >= etag_change_at else b"\x01"
+        options = (
+            (OptionNumber.ETAG, etag),
+            (OptionNumber.CONTENT_FORMAT, b"\x28"),
+            (OptionNumber.BLOCK2, coap.Block(num, more, 0).encode()),
+        )
+        server.send(Message(Type.ACK, Code.CONTENT, msg.mid, msg.token, options, chunk), addr)
+
+    return handler
+
+
+def test_get_reassembles_a_blockwise_response() -> None:
+    body = b",".join(b"</r%d>" % i for i in range(20))
+
+    async def scenario() -> None:
+        server, transport, port = await _start(_blockwise(body))
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        response = await endpoint.get("/.well-known/core", timeout=5)
+        assert response.message.payload == body
+        assert response.message.content_format == 40
+        blocks = [
+            coap.Block.decode(m.option(OptionNumber.BLOCK2) or b"") for m in server.requests()[1:]
+        ]
+        assert [b.num for b in blocks] == list(range(1, -(-len(body) // 16)))
+        assert {(b.szx, b.more) for b in blocks} == {(0, False)}
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("handler_args", "message"),
+    [
+        ({"etag_change_at": 2}, "changed during the block-wise transfer"),
+        ({"skip": True}, "asked for block 1, got 2"),
+    ],
+)
+def test_get_rejects_inconsistent_blocks(handler_args: dict[str, Any], message: str) -> None:
+    async def scenario() -> None:
+        _, transport, port = await _start(_blockwise(bytes(100), **handler_args))
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        with pytest.raises(BlockwiseError, match=message):
+            await endpoint.get("/big", timeout=5)
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+def test_get_gives_up_after_max_blocks() -> None:
+    async def scenario() -> None:
+        _, transport, port = await _start(_blockwise(bytes(16 * 10)))
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        with pytest.raises(BlockwiseError, match="longer than 4 blocks"):
+            await endpoint.get("/big", timeout=5, max_blocks=4)
+        endpoint.close()
         transport.close()
 
     _run(scenario())

@@ -49,6 +49,28 @@ def test_libcoap_discover_parses_link_format(libcoap_server: int) -> None:
     assert links["/time"]["rt"] == "ticks" and links["/time"]["obs"] is True
 
 
+def test_libcoap_discover_follows_block2(libcoap_server: int) -> None:
+    """30 long-named resources make /.well-known/core span three 1024-byte blocks."""
+    names = [f"/resource-with-a-rather-long-name-number-{i}" for i in range(1, 31)]
+
+    async def create() -> None:
+        endpoint = await ClientEndpoint.connect("127.0.0.1", libcoap_server)
+        try:
+            for name in names:
+                response = await endpoint.request(Code.PUT, name, payload=b"x", timeout=10)
+                assert response.code == Code.CREATED
+            whole = await endpoint.get("/.well-known/core", timeout=10)
+            assert len(whole.message.payload) > 2048
+        finally:
+            endpoint.close()
+
+    asyncio.run(create())
+    result = run_cli("-P", str(libcoap_server), "discover")
+    assert result.returncode == 0, result.stderr
+    targets = [target for target, _ in parse_link_format(",".join(result.stdout.splitlines()[1:]))]
+    assert set(names) <= set(targets)
+
+
 def test_libcoap_incremental_window(libcoap_server: int) -> None:
     result = run_cli(
         "-P",
