@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cbor2
@@ -16,7 +18,7 @@ from coap import Code, Type
 from collector.client.commands import parse_link_format
 from collector.client.endpoint import ClientEndpoint, Response
 
-from .conftest import Recorder, run_cli
+from .conftest import REPO, Recorder, free_udp_port, run_cli, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +158,49 @@ def test_aiocoap_discover(aiocoap_recorder: Recorder) -> None:
     assert result.returncode == 0, result.stderr
     targets = [target for target, _ in parse_link_format(",".join(result.stdout.splitlines()[1:]))]
     assert "/events" in targets
+
+
+# -- node-coap (the thesis' own CoAP library) ----------------------------------------
+
+NODE_PEER = REPO / "bench" / "peers" / "node" / "server.js"
+
+
+@pytest.fixture
+def node_coap_server() -> Iterator[int]:
+    node = shutil.which("node")
+    if node is None or not (NODE_PEER.parent / "node_modules" / "coap").is_dir():
+        pytest.skip("node and bench/peers/node/node_modules (npm coap) are not installed")
+    port = free_udp_port()
+    proc = subprocess.Popen(
+        [node, str(NODE_PEER), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield port
+    finally:
+        stop_process(proc)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def test_node_coap_thesis_demo_and_healthcheck(node_coap_server: int) -> None:
+    port = str(node_coap_server)
+    result = run_cli(
+        "-P", port, "-s", "demoMemoria", "-o", "probe1",
+        "incremental", "-n", "10", "-f", "1.1", "temperature", "15",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 10 and all(line.startswith("POST /events -> 2.01 {") for line in lines)
+    health = run_cli("-P", port, "healthcheck")
+    assert (health.returncode, health.stdout.strip()) == (0, 'GET /health -> 2.05 {"status":"ok"}')
+    # node-coap answers 4.00 to a body that is not JSON: exit code 1.
+    bad = run_cli("-P", port, "send", "--format", "cbor", "t", "1")
+    assert bad.returncode == 1
+    assert bad.stdout.startswith("POST /events -> 4.00 {") and "-- bad json" in bad.stdout
+    non = run_cli("-P", port, "send", "--non", "t", "1", "--timeout", "10")
+    assert non.returncode == 0, non.stderr
