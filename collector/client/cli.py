@@ -132,9 +132,17 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=default(None),
         help="origin of the data (default probe1; simulate: station-N; city: the city)",
     )
-    parser.add_argument("-s", "--sender", default=default("iot-client"), help="sender of the data")
     parser.add_argument(
-        "-N", "--namespace", default=default("default"), help="namespace of the data"
+        "-s",
+        "--sender",
+        default=default("iot-client"),
+        help="sender of the data (default iot-client; city: weathercity)",
+    )
+    parser.add_argument(
+        "-N",
+        "--namespace",
+        default=default("default"),
+        help="namespace of the data (default: default)",
     )
     parser.add_argument(
         "-S",
@@ -220,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_transport(discover)
 
-    send = commands.add_parser("send", parents=[common], help="send one event")
+    send = commands.add_parser("send", parents=[common], help="send an event (one per VALUE)")
     send.add_argument("type", help="event type, e.g. temperature")
     send.add_argument(
         "value",
