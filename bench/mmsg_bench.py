@@ -60,7 +60,7 @@ def _reply(data: bytes) -> bytes | None:
     return bytes((0x60 | tkl, _CREATED)) + data[2 : 4 + tkl]
 
 
-def _batched_worker_class() -> type:
+def batched_worker_class() -> type:
     """The worker with `DatagramBatch` in place of recvfrom/sendto: the integration recipe.
 
     Only `_on_readable` and `_send` change. Replies go to an outbox that is flushed with
@@ -105,15 +105,50 @@ def _batched_worker_class() -> type:
                 for data, peer in got:
                     try:
                         handle(data, peer, now, wall_ms)
+                    except Exception:  # a bug must cost one datagram, never the worker
+                        worker_module.log.exception("datagram handling failed")
+                for head, peer, size in batch.oversized:
+                    try:
+                        self._too_large(head, peer, size, now)
                     except Exception:
                         worker_module.log.exception("datagram handling failed")
-                # (A datagram over slot_size is in batch.oversized: the worker answers
-                # it 4.13 from its header; the bench sends none.)
                 received = len(got) + len(batch.oversized)
                 if received < batch.slots:  # the queue is empty: no EAGAIN call needed
                     break
                 taken += received
             self._flush_outbox()
+
+        def _too_large(self, head: bytes, peer: object, size: int, now: float) -> None:
+            """A datagram over the slot (max_body + 1024 bytes): 4.13 from its first bytes.
+
+            Its header, token and options are in `head` unless the options alone
+            overflow the slot, which then decodes as malformed (RST for a CON).
+            """
+            w = worker_module
+            try:
+                msg = w.decode(head)
+            except w.MessageFormatError as exc:
+                self.stats.malformed += 1
+                if exc.type == w._CON and exc.mid is not None:
+                    self._send(w.empty(w._RST, exc.mid), peer)
+                return
+            if msg.type >= w._ACK or msg.code == 0 or msg.code >= 32:
+                if msg.type == w._CON:
+                    self._send(w.empty(w._RST, msg.mid), peer)
+                return
+            if self.exchange.duplicate(peer, msg.mid, size):
+                self.stats.duplicates += 1
+                return
+            max_body = self.limits.max_body
+            self._reply(
+                msg,
+                peer,
+                size,
+                now,
+                w.coap.Code.REQUEST_ENTITY_TOO_LARGE,
+                f"body over {max_body} bytes",
+                options=((w._SIZE1, w.coap.encode_uint(max_body)),),
+            )
 
     return BatchedWorker
 
@@ -125,7 +160,7 @@ def serve_worker(mode: str, sock: socket.socket) -> None:
     from collector.worker import Worker
 
     config = Config(sink="null", host="127.0.0.1", port=0)
-    cls = _batched_worker_class() if mode == "worker-mmsg" else Worker
+    cls = batched_worker_class() if mode == "worker-mmsg" else Worker
     worker = cls(0, sock, config, None, metrics=False)
     loop = uvloop.new_event_loop()
     print(sock.getsockname()[1], flush=True)

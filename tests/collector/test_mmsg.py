@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import coap
 from collector import mmsg
 from collector.mmsg import DatagramBatch, Peer
 
@@ -308,3 +309,97 @@ def test_any_sockaddr_bytes_convert_or_raise_valueerror(family: bytes, rest: byt
     except ValueError:
         return
     assert isinstance(peer, tuple) and len(peer) in (2, 4)
+
+
+# -- the worker recipe (bench/mmsg_bench.py's BatchedWorker) ---------------------------------
+
+
+def _bench_module() -> object:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "mmsg_bench.py"
+    spec = importlib.util.spec_from_file_location("mmsg_bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _request(index: int, kind: int, code: int, path: bytes, payload: bytes = b"") -> bytes:
+    """CoAP request, token = index (4 bytes), one Uri-Path segment (< 13 bytes)."""
+    head = bytes((0x40 | kind << 4 | 4, code)) + index.to_bytes(2, "big") + index.to_bytes(4, "big")
+    options = bytes((0xB0 | len(path),)) + path
+    return head + options + (b"\xff" + payload if payload else b"")
+
+
+EVENT = b'{"sender":"b","origin":"p1","payload":{"type":"t","value":1.5}}'
+
+
+def _answers(worker_class: type, requests: list[bytes]) -> dict[bytes, tuple[int, int, int | None]]:
+    """token -> (type, code, Size1) of what a live worker of `worker_class` answered."""
+    import asyncio
+
+    import uvloop
+
+    from collector.config import Config
+
+    config = Config(sink="null", host="127.0.0.1", port=0, max_body=1000)
+    loop = uvloop.new_event_loop()
+    with udp() as server, udp() as client:
+        worker = worker_class(0, server, config, None, metrics=False)
+
+        async def scenario() -> dict[bytes, tuple[int, int, int | None]]:
+            task = asyncio.ensure_future(worker.run())
+            for request in requests:
+                client.sendto(request, server.getsockname())
+            answers: dict[bytes, tuple[int, int, int | None]] = {}
+            deadline = loop.time() + 5.0
+            while len(answers) < len(requests) and loop.time() < deadline:
+                try:
+                    data = client.recv(70000)
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+                    continue
+                msg = coap.decode(data)
+                answers[msg.token] = (int(msg.type), int(msg.code), msg.uint_option(60))
+            worker.stop()
+            assert await task == 0
+            return answers
+
+        try:
+            return loop.run_until_complete(scenario())
+        finally:
+            loop.close()
+
+
+@pytest.mark.integration
+def test_the_batched_worker_recipe_answers_exactly_as_the_worker_does() -> None:
+    from collector.worker import Worker
+
+    post, get = 2, 1
+    requests = [_request(i, 0, post, b"events", EVENT) for i in range(40)]
+    requests += [
+        _request(40, 1, post, b"events", EVENT),  # NON
+        _request(41, 0, post, b"events", b"[" + EVENT * 30 + b"]"),  # > max_body, in a slot
+        _request(42, 0, post, b"events", b"x" * 5000),  # > the slot: oversized, 4.13
+        _request(43, 1, post, b"events", b"x" * 5000),  # the same as NON
+        _request(44, 0, get, b"health"),
+        _request(45, 0, get, b"nope"),
+        _request(46, 0, post, b"events", b"{not json"),
+    ]
+    batched = _answers(_bench_module().batched_worker_class(), requests)  # type: ignore[attr-defined]
+    plain = _answers(Worker, requests)
+    assert batched == plain
+    ack, non = 2, 1
+    assert [batched[i.to_bytes(4, "big")] for i in (0, 39, 40, 41, 42, 43, 44, 45)] == [
+        (ack, 0x41, None),
+        (ack, 0x41, None),
+        (non, 0x41, None),
+        (ack, 0x8D, 1000),
+        (ack, 0x8D, 1000),
+        (non, 0x8D, 1000),
+        (ack, 0x45, None),
+        (ack, 0x84, None),
+    ]
+    assert batched[(46).to_bytes(4, "big")][1] == 0x80
