@@ -409,7 +409,8 @@ def start_collector(
     opts.update(flags)
     argv = [str(COLLECTOR_BIN), "serve"]
     for key, value in opts.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
+        if value is not None:  # None: leave the flag out (default or environment)
+            argv += [f"--{key.replace('_', '-')}", str(value)]
     stderr_path = workdir / f"collector-{time.monotonic_ns()}.stderr"
     # Metrics on: their multiprocess files go under workdir (the collector wipes and
     # fills the directory); metrics off: no variable, as an operator would run it.

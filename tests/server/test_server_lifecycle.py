@@ -30,6 +30,7 @@ from .conftest import (
     Collector,
     event,
     free_tcp_port,
+    free_udp_port,
     ids_stored,
     row_count,
     rows,
@@ -501,3 +502,24 @@ def test_drain_timeout_exceeded_exits_1(collector: Callable[..., Collector]) -> 
     assert code == 1, server.stderr_tail()
     last = server.stderr().strip().splitlines()[-1]
     assert last.startswith("iot-collector:"), last
+
+
+def test_environment_twins_and_flags_win(collector: Callable[..., Collector]) -> None:
+    server = collector(
+        port=free_udp_port(),  # log level warning: no "serving" line to read port 0 from
+        workers=None,
+        max_body=300,
+        env={
+            "COLLECTOR_WORKERS": "3",
+            "COLLECTOR_MAX_BODY": "200",
+            "COLLECTOR_LOG_LEVEL": "warning",
+        },
+    )
+    assert len(server.workers()) == 3  # from the environment
+    with server.client() as client:
+        ev = event(payload={"type": "blob", "value": "x" * 400})
+        reply = client.post_events(ev)
+        assert reply.code == Code.REQUEST_ENTITY_TOO_LARGE
+        assert reply.uint_option(OptionNumber.SIZE1) == 300  # the flag beat the variable
+    # log level warning: no "serving" info line
+    assert not any(line.get("level") == "info" for line in server.log_lines())

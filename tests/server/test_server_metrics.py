@@ -155,3 +155,22 @@ def test_readyz_is_503_while_draining(collector: Callable[..., Collector]) -> No
         lock.execute("ROLLBACK")
         lock.close()
     assert server.proc.wait(10) == 0
+
+
+def test_dedup_memory_is_capped(collector: Callable[..., Collector]) -> None:
+    """With --dedup-capacity 8, the oldest exchange is forgotten once 8 newer ones are
+    remembered: its retransmission is processed as new (not counted as a duplicate),
+    while a recent one is still recognised."""
+    server = collector(dedup_capacity=8, metrics_host="127.0.0.1", metrics_port=free_tcp_port())
+    with server.client() as client:
+        sent = []
+        for _ in range(12):
+            msg = client.build(Code.POST, "events", json.dumps(event()).encode(), fmt=50)
+            assert client.transact(msg).code == Code.CREATED
+            sent.append(coap.encode(msg))
+        oldest, newest = sent[0], sent[-1]
+        assert client.exchange_raw(newest, 2.0) is not None
+        assert poll(server, "iot_collector_duplicates_total", 1) == 1
+        assert client.exchange_raw(oldest, 2.0) is not None  # answered (processed anew)
+        time.sleep(1.5)  # one publish period
+        assert value(server, "iot_collector_duplicates_total") == 1

@@ -417,3 +417,42 @@ def test_unrecognised_critical_option_in_non_is_rejected(
         ), reply
         assert len(raw) <= len(request)
     assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+
+
+def test_block1_beyond_the_first_block_is_too_large(server: Collector, client: CoapClient) -> None:
+    # RFC 7959 §2.9.3: a server that will not take a block-wise body answers 4.13.
+    ev = event()
+    more = coap.Block(0, True, 2).encode()  # block 0 of several, 64-byte blocks
+    msg = client.build(
+        Code.POST, "events", json.dumps(ev).encode()[:64], fmt=50, options=((27, more),)
+    )
+    reply = ask_error(client, msg, Code.REQUEST_ENTITY_TOO_LARGE)
+    assert reply.uint_option(OptionNumber.SIZE1) is not None
+    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+
+
+def test_block1_with_the_whole_body_in_block_zero_is_accepted(
+    server: Collector, client: CoapClient
+) -> None:
+    ev = event()
+    whole = coap.Block(0, False, 6).encode()  # block 0, no more: the whole body
+    msg = client.build(Code.POST, "events", json.dumps(ev).encode(), fmt=50, options=((27, whole),))
+    assert ask(client, msg)[1].code == Code.CREATED
+    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+
+
+@pytest.mark.parametrize("type_", TYPES, ids=lambda t: t.name)
+def test_duplicate_non_is_stored_once(server: Collector, client: CoapClient, type_: Type) -> None:
+    origin = f"dupnon-{uuid.uuid4().hex[:10]}"
+    msg = client.build(
+        Code.POST, "events", json.dumps(event(origin=origin, id=None)).encode(), fmt=50, type_=type_
+    )
+    data = coap.encode(msg)
+    first = client.exchange_raw(data, 5.0)
+    assert first is not None and coap.decode(first).code == Code.CREATED
+    for _ in range(3):
+        again = client.exchange_raw(data, 0.3)
+        # §4.5: a duplicate NON SHOULD be ignored; answering it again is harmless only
+        # with the very same bytes.
+        assert again is None or again == first
+    assert row_count(server.db, "origin = ?", (origin,)) == 1
