@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -523,3 +524,63 @@ def test_environment_twins_and_flags_win(collector: Callable[..., Collector]) ->
         assert reply.uint_option(OptionNumber.SIZE1) == 300  # the flag beat the variable
     # log level warning: no "serving" info line
     assert not any(line.get("level") == "info" for line in server.log_lines())
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: workers do not notice their supervisor's death (no PR_SET_PDEATHSIG / "
+    "parent check): after kill -9 of the supervisor they keep serving the port headless, "
+    "and a new collector on that port joins their SO_REUSEPORT group",
+)
+def test_workers_exit_when_the_supervisor_is_killed(collector: Callable[..., Collector]) -> None:
+    server = collector(workers=2)
+    server.expect_clean_exit = False
+    workers = server.workers()
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(5)
+    try:
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in workers), "orphaned workers still running"
+    finally:
+        for pid in workers:  # ours: the orphans of the collector this test started
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_killed_mid_write_loses_nothing_and_duplicates_nothing(
+    collector: Callable[..., Collector],
+) -> None:
+    """A worker dies (kill -9) while its batch waits on the store: the device, never
+    answered, retransmits; the replacement stores the event once, with or without a
+    client id (the content id covers the source and the Message ID)."""
+    server = collector(workers=1, ack_delay=1.5)
+    victim = server.workers()[0]
+    origin = f"mid-{uuid.uuid4().hex[:10]}"
+    evs = [event(origin=origin), event(origin=origin, id=None)]
+    with server.client() as client:
+        msg = client.build(Code.POST, "events", json.dumps(evs).encode(), fmt=50)
+        lock = sqlite3.connect(server.db, isolation_level=None, timeout=5)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            client.send(coap.encode(msg))
+            time.sleep(0.3)  # the batch is now waiting on the lock, in the worker
+            assert client.recv_raw(0.01) is None
+            os.kill(victim, signal.SIGKILL)
+            time.sleep(0.3)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        reply = client.transact(msg, timeout=15)  # the device's retransmission
+        assert reply.code == Code.CREATED
+    assert victim not in server.workers()
+    assert row_count(server.db, "origin = ?", (origin,)) == 2
