@@ -103,25 +103,45 @@ ensure_java() {
 }
 
 ensure_dist() {
-    [ -x "$ES_DIST/bin/elasticsearch" ] && return 0
-    local zip=$CACHE/elasticsearch-$ES_VERSION.zip
     mkdir -p "$CACHE"
-    if [ ! -s "$zip" ]; then
-        command -v mvn >/dev/null || die "mvn not found: install maven (apt-get install maven) to fetch Elasticsearch"
-        log "downloading Elasticsearch $ES_VERSION (integ-test-zip) from Maven Central into $CACHE"
-        mvn -q -B dependency:copy \
-            -Dartifact="org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip" \
-            -DoutputDirectory="$CACHE" >&2 || die "maven could not fetch elasticsearch $ES_VERSION"
+    # One download and unpack at a time: several test runs may start at once.
+    exec 9>"$CACHE/.lock"
+    flock 9
+    if [ ! -x "$ES_DIST/bin/elasticsearch" ]; then
+        local zip=$CACHE/elasticsearch-$ES_VERSION.zip
+        if [ ! -s "$zip" ]; then
+            command -v mvn >/dev/null || die "mvn not found: install maven (apt-get install maven) to fetch Elasticsearch"
+            log "downloading Elasticsearch $ES_VERSION (integ-test-zip) from Maven Central into $CACHE"
+            mvn -q -B dependency:copy \
+                -Dartifact="org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip" \
+                -DoutputDirectory="$CACHE" >&2 || die "maven could not fetch elasticsearch $ES_VERSION"
+        fi
+        log "unpacking $zip"
+        local tmp
+        tmp=$(mktemp -d "$CACHE/unzip.XXXXXX")
+        unzip -q "$zip" -d "$tmp" || die "cannot unzip $zip"
+        # The server runs as another user: it must be able to read the distribution.
+        chmod -R a+rX "$tmp"
+        mv -T "$tmp/elasticsearch-$ES_VERSION" "$ES_DIST"
+        rm -rf "$tmp"
+        [ -x "$ES_DIST/bin/elasticsearch" ] || die "unpacked distribution lacks bin/elasticsearch"
     fi
-    log "unpacking $zip"
-    local tmp
-    tmp=$(mktemp -d "$CACHE/unzip.XXXXXX")
-    unzip -q "$zip" -d "$tmp" || die "cannot unzip $zip"
-    # The server runs as another user: it must be able to read the distribution.
-    chmod -R a+rX "$tmp"
-    mv "$tmp/elasticsearch-$ES_VERSION" "$ES_DIST" 2>/dev/null || true
-    rm -rf "$tmp"
-    [ -x "$ES_DIST/bin/elasticsearch" ] || die "unpacked distribution lacks bin/elasticsearch"
+    # A checkout under a private directory (/root in CI) is out of the server user's
+    # reach: run a world-readable copy instead.
+    if [ "$(id -u)" = 0 ] && ! runuser -u "$ES_USER" -- test -r "$ES_DIST/lib" 2>/dev/null; then
+        local copy=/var/tmp/iot-collector-es/elasticsearch-$ES_VERSION
+        if [ ! -x "$copy/bin/elasticsearch" ]; then
+            log "copying the distribution to $copy (the checkout is not readable by $ES_USER)"
+            mkdir -p "$(dirname "$copy")"
+            rm -rf "$copy.tmp"
+            cp -a "$ES_DIST" "$copy.tmp"
+            chmod -R a+rX "$copy.tmp"
+            chmod a+rx /var/tmp/iot-collector-es
+            mv -T "$copy.tmp" "$copy"
+        fi
+        ES_DIST=$copy
+    fi
+    flock -u 9
 }
 
 write_config() {
@@ -179,8 +199,8 @@ cmd_start() {
         die "port $PORT on 127.0.0.1 is already taken by another process; choose another with ES_PORT"
     fi
     ensure_java
-    ensure_dist
     ensure_user
+    ensure_dist
     if [ "$(id -u)" = 0 ]; then
         # The state directory's parents must be traversable by the server's user.
         mkdir -p "$STATE"
@@ -254,10 +274,16 @@ cmd_url() {
     echo "$URL"
 }
 
-case "${1:-}" in
-start) cmd_start ;;
-stop) cmd_stop ;;
-status) cmd_status ;;
-url) cmd_url ;;
-*) die "usage: es.sh start|stop|status|url (env: ES_PORT ES_STATE_DIR ES_SECURITY ES_PASSWORD ES_HEAP ES_KEEP_STATE)" ;;
-esac
+main() {
+    case "${1:-}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    url) cmd_url ;;
+    *) die "usage: es.sh start|stop|status|url (env: ES_PORT ES_STATE_DIR ES_SECURITY ES_PASSWORD ES_HEAP ES_KEEP_STATE)" ;;
+    esac
+}
+
+# One line, read whole before it runs: editing this file under a running `start`
+# cannot make bash read a half-changed script.
+main "$@"; exit $?
