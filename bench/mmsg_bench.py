@@ -70,7 +70,9 @@ def batched_worker_class() -> type:
     """
     import time as _time
 
+    import coap
     from collector import worker as worker_module
+    from collector.exchange import empty
 
     class BatchedWorker(worker_module.Worker):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -126,15 +128,15 @@ def batched_worker_class() -> type:
             """
             w = worker_module
             try:
-                msg = w.decode(head)
-            except w.MessageFormatError as exc:
+                msg = coap.decode(head)
+            except coap.MessageFormatError as exc:
                 self.stats.malformed += 1
                 if exc.type == w._CON and exc.mid is not None:
-                    self._send(w.empty(w._RST, exc.mid), peer)
+                    self._send(empty(w._RST, exc.mid), peer)
                 return
             if msg.type >= w._ACK or msg.code == 0 or msg.code >= 32:
                 if msg.type == w._CON:
-                    self._send(w.empty(w._RST, msg.mid), peer)
+                    self._send(empty(w._RST, msg.mid), peer)
                 return
             if self.exchange.duplicate(peer, msg.mid, size):
                 self.stats.duplicates += 1
@@ -145,9 +147,9 @@ def batched_worker_class() -> type:
                 peer,
                 size,
                 now,
-                w.coap.Code.REQUEST_ENTITY_TOO_LARGE,
+                coap.Code.REQUEST_ENTITY_TOO_LARGE,
                 f"body over {max_body} bytes",
-                options=((w._SIZE1, w.coap.encode_uint(max_body)),),
+                options=((w._SIZE1, coap.encode_uint(max_body)),),
             )
 
     return BatchedWorker
@@ -201,7 +203,7 @@ def serve(mode: str) -> None:
 
     def batched() -> None:
         assert batch is not None
-        outbox = []
+        outbox: list[tuple[bytes, tuple[str, int]]] = []
         append = outbox.append
         taken = 0
         while taken < READ_BURST:
@@ -269,7 +271,9 @@ class Client:
             + b'{"sender":"b","origin":"p1","payload":{"type":"t","value":1.5}}'
         )
 
-    def _requests(self, index: int, count: int, peer: tuple[str, int]) -> list:
+    def _requests(
+        self, index: int, count: int, peer: tuple[str, int]
+    ) -> list[tuple[bytes, tuple[str, int]]]:
         if not self.fresh_mids:  # the echo keeps no state: one request object serves
             return [(self.template, peer)] * count
         head, tail = self.template[:2], self.template[4:]
