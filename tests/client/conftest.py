@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,10 +63,18 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
             proc.wait(timeout)
 
 
-def wait_for_coap(port: int, path: str = "/.well-known/core", deadline: float = 15.0) -> None:
-    """Poll with a NON GET until the server at 127.0.0.1:port answers."""
+def wait_for_coap(
+    port: int,
+    path: str = "/.well-known/core",
+    deadline: float = 15.0,
+    exited: Callable[[], int | None] | None = None,
+) -> None:
+    """Poll with a NON GET until the server at 127.0.0.1:port answers; fail early
+    when ``exited()`` says the server process is gone."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
+        if exited is not None and exited() is not None:
+            raise AssertionError(f"the server for port {port} exited")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(0.2)
             request = coap.Message(
@@ -83,23 +91,62 @@ def wait_for_coap(port: int, path: str = "/.well-known/core", deadline: float = 
     raise AssertionError(f"no CoAP server answered on port {port}")
 
 
+def start_collector(
+    args: list[str], log_path: Path, deadline: float = 60.0
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``iot-collector serve ARGS --port 0`` and return it with the UDP port it
+    bound, read from its "serving" log line (no free-port race)."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "serve", "--port", "0", *args],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        for line in log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("msg") == "serving":
+                    port = int(record["port"])
+                    wait_for_coap(port, "/health", exited=proc.poll)
+                    return proc, port
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_process(proc)
+    raise AssertionError(f"the collector did not start: {log_path.read_text()[-800:]}")
+
+
+_START_ATTEMPTS = 3  # a free port can be taken by a parallel test before the peer binds it
+
+
 @pytest.fixture
 def libcoap_server() -> Iterator[int]:
     """libcoap's example server with dynamic resources (PUT/POST can create)."""
     binary = shutil.which("coap-server-notls")
     if binary is None:
         pytest.skip("coap-server-notls (libcoap3-bin) is not installed: run make setup")
-    port = free_udp_port()
-    proc = subprocess.Popen(
-        [binary, "-A", "127.0.0.1", "-p", str(port), "-d", "64"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_coap(port)
-        yield port
-    finally:
-        stop_process(proc)
+    for attempt in range(_START_ATTEMPTS):
+        port = free_udp_port()
+        proc = subprocess.Popen(
+            [binary, "-A", "127.0.0.1", "-p", str(port), "-d", "64"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_coap(port, exited=proc.poll)
+        except AssertionError:
+            stop_process(proc)
+            if attempt == _START_ATTEMPTS - 1:
+                raise
+            continue
+        try:
+            yield port
+        finally:
+            stop_process(proc)
+        return
 
 
 AIOCOAP_RECORDER = r'''
@@ -149,25 +196,27 @@ class Recorder:
 def aiocoap_recorder(tmp_path: Path) -> Iterator[Recorder]:
     script = tmp_path / "recorder.py"
     script.write_text(AIOCOAP_RECORDER)
-    port = free_udp_port()
     record = tmp_path / "records.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(port), str(record)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    for attempt in range(_START_ATTEMPTS):
+        port = free_udp_port()
+        errors = tmp_path / f"recorder-{attempt}.err"
+        with errors.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(script), str(port), str(record)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
+        ready = proc.stdout.readline().strip() == "ready"
+        proc.stdout.close()
+        if not ready:
             stop_process(proc)
-            _, err = proc.communicate(timeout=5)
-            raise AssertionError(f"aiocoap recorder did not start: {err[-500:]}")
-        yield Recorder(port, record)
-    finally:
-        stop_process(proc)
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.stderr:
-            proc.stderr.close()
+            if attempt == _START_ATTEMPTS - 1:
+                raise AssertionError(f"aiocoap recorder did not start: {errors.read_text()[-500:]}")
+            continue
+        try:
+            yield Recorder(port, record)
+        finally:
+            stop_process(proc)
+        return

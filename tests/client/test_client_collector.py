@@ -7,8 +7,6 @@ import asyncio
 import json
 import re
 import sqlite3
-import subprocess
-import sys
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from coap import Code, Type
 from collector.client.endpoint import ClientEndpoint, Response
 from collector.client.payloads import encode_body, make_event
 
-from .conftest import REPO, free_udp_port, run_cli, stop_process, wait_for_coap
+from .conftest import free_udp_port, run_cli, start_collector, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -46,39 +44,14 @@ class Collector:
 
 
 def _start_collector(tmp_path: Path, *extra: str) -> Iterator[Collector]:
-    port = free_udp_port()
     db = tmp_path / "events.db"
-    log = (tmp_path / "collector.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--metrics-port",
-            "0",
-            "--sink",
-            "sqlite",
-            "--sqlite-path",
-            str(db),
-            *extra,
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    args = ["--host", "127.0.0.1", "--workers", "1", "--metrics-port", "0"]
+    args += ["--sink", "sqlite", "--sqlite-path", str(db), *extra]
+    proc, port = start_collector(args, tmp_path / "collector.log")
     try:
-        wait_for_coap(port, "/health")
         yield Collector(port, db)
     finally:
         stop_process(proc)
-        log.close()
 
 
 @pytest.fixture

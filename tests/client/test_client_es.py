@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, free_udp_port, run_cli, stop_process, wait_for_coap
+from .conftest import run_cli, start_collector, stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.es]
 
@@ -25,42 +25,20 @@ def es_url() -> str:
 
 
 @pytest.fixture
-def es_collector(es_url: str) -> Iterator[tuple[int, str]]:
+def es_collector(es_url: str, tmp_path: Path) -> Iterator[tuple[int, str]]:
     from elasticsearch import Elasticsearch
 
     prefix = f"c{uuid.uuid4().hex[:12]}"
-    port = free_udp_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--metrics-port",
-            "0",
-            "--sink",
-            "elasticsearch",
-            "--es-url",
-            es_url,
-            "--es-index-prefix",
-            prefix,
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = ["--host", "127.0.0.1", "--workers", "1", "--metrics-port", "0"]
+    args += ["--sink", "elasticsearch", "--es-url", es_url, "--es-index-prefix", prefix]
     es = Elasticsearch(es_url, request_timeout=30)
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        wait_for_coap(port, "/health", deadline=60)
+        proc, port = start_collector(args, tmp_path / "collector.log", deadline=120)
         yield port, prefix
     finally:
-        stop_process(proc)
+        if proc is not None:
+            stop_process(proc)
         es.options(ignore_status=404).indices.delete(index=f"{prefix}-*", expand_wildcards="all")
         es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-template")
         es.close()
