@@ -187,7 +187,8 @@ def _add_sending(parser: argparse.ArgumentParser, *, window: bool = True) -> Non
         "--format",
         choices=list(payloads.FORMATS),
         default="json",
-        help="request body format (default json)",
+        help="request body format (default json); SenML carries neither sender nor "
+        "namespace, so the collector fills those in",
     )
     parser.add_argument(
         "--batch",
@@ -392,6 +393,10 @@ def _command(args: argparse.Namespace, config: ClientConfig) -> Coroutine[Any, A
             out=out,
         )
     if args.command == "city":
+        if config.format.startswith("senml"):
+            raise UsageError(
+                f"city: --format {config.format} cannot carry sender=weathercity; use json or cbor"
+            )
         return run_city(config, args.name, out)
     raise UsageError(f"unknown command {args.command!r}")
 

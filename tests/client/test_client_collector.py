@@ -245,11 +245,16 @@ def weather_api() -> Iterator[str]:
         thread.join()
 
 
-def test_city_sends_the_weather(collector: Collector, weather_api: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "requests"), [((), 4), (("--batch", "4", "--format", "cbor"), 1)]
+)
+def test_city_sends_the_weather(
+    collector: Collector, weather_api: str, options: tuple[str, ...], requests: int
+) -> None:
     env = {"OPENWEATHERMAP_APIKEY": "test-key", "OPENWEATHERMAP_URL": weather_api}
-    result = run_cli("-P", str(collector.port), "city", "Madrid", env=env)
+    result = run_cli("-P", str(collector.port), "city", "Madrid", *options, env=env)
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 4
+    assert len(result.stdout.splitlines()) == requests
     rows = collector.rows()
     assert {(r["sender"], r["origin"]) for r in rows} == {("weathercity", "Madrid")}
     assert {r["type"]: (r["value"], r["unit"]) for r in rows} == {
