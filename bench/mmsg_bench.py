@@ -60,101 +60,6 @@ def _reply(data: bytes) -> bytes | None:
     return bytes((0x60 | tkl, _CREATED)) + data[2 : 4 + tkl]
 
 
-def batched_worker_class() -> type:
-    """The worker with `DatagramBatch` in place of recvfrom/sendto: the integration recipe.
-
-    Only `_on_readable` and `_send` change. Replies go to an outbox that is flushed with
-    one `send()` at the end of each read burst, and by `call_soon` for replies produced
-    elsewhere (a completed store batch, exchange-timer retransmissions), so a burst of
-    500 completions leaves in ceil(500/64) system calls.
-    """
-    import time as _time
-
-    import coap
-    from collector import worker as worker_module
-    from collector.exchange import empty
-
-    class BatchedWorker(worker_module.Worker):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-            self._batch = DatagramBatch(self.sock, slot_size=self.limits.max_body + 1024)
-            self._outbox: list[tuple[bytes, object]] = []
-
-        def _send(self, data: bytes, peer: object) -> None:
-            if not self._outbox and self._loop is not None:
-                self._loop.call_soon(self._flush_outbox)
-            self._outbox.append((data, peer))
-
-        def _flush_outbox(self) -> None:
-            if self._outbox:
-                outbox, self._outbox = self._outbox, []
-                try:
-                    self._batch.send(outbox)
-                except OSError:
-                    pass
-
-        def _on_readable(self) -> None:
-            batch, handle = self._batch, self._handle
-            assert self._loop is not None
-            now = self._loop.time()
-            wall_ms = int(_time.time() * 1000)
-            taken = 0
-            while taken < worker_module.READ_BURST:
-                try:
-                    got = batch.recv()
-                except OSError:
-                    break
-                for data, peer in got:
-                    try:
-                        handle(data, peer, now, wall_ms)
-                    except Exception:  # a bug must cost one datagram, never the worker
-                        worker_module.log.exception("datagram handling failed")
-                for head, peer, size in batch.oversized:
-                    try:
-                        self._too_large(head, peer, size, now)
-                    except Exception:
-                        worker_module.log.exception("datagram handling failed")
-                received = len(got) + len(batch.oversized)
-                if received < batch.slots:  # the queue is empty: no EAGAIN call needed
-                    break
-                taken += received
-            self._flush_outbox()
-
-        def _too_large(self, head: bytes, peer: object, size: int, now: float) -> None:
-            """A datagram over the slot (max_body + 1024 bytes): 4.13 from its first bytes.
-
-            Its header, token and options are in `head` unless the options alone
-            overflow the slot, which then decodes as malformed (RST for a CON).
-            """
-            w = worker_module
-            try:
-                msg = coap.decode(head)
-            except coap.MessageFormatError as exc:
-                self.stats.malformed += 1
-                if exc.type == w._CON and exc.mid is not None:
-                    self._send(empty(w._RST, exc.mid), peer)
-                return
-            if msg.type >= w._ACK or msg.code == 0 or msg.code >= 32:
-                if msg.type == w._CON:
-                    self._send(empty(w._RST, msg.mid), peer)
-                return
-            if self.exchange.duplicate(peer, msg.mid, size):
-                self.stats.duplicates += 1
-                return
-            max_body = self.limits.max_body
-            self._reply(
-                msg,
-                peer,
-                size,
-                now,
-                coap.Code.REQUEST_ENTITY_TOO_LARGE,
-                f"body over {max_body} bytes",
-                options=((w._SIZE1, coap.encode_uint(max_body)),),
-            )
-
-    return BatchedWorker
-
-
 def serve_worker(mode: str, sock: socket.socket) -> None:
     import uvloop
 
@@ -162,8 +67,7 @@ def serve_worker(mode: str, sock: socket.socket) -> None:
     from collector.worker import Worker
 
     config = Config(sink="null", host="127.0.0.1", port=0)
-    cls = batched_worker_class() if mode == "worker-mmsg" else Worker
-    worker = cls(0, sock, config, None, metrics=False)
+    worker = Worker(0, sock, config, None, metrics=False, batched_io=mode == "worker-mmsg")
     loop = uvloop.new_event_loop()
     print(sock.getsockname()[1], flush=True)
     loop.run_until_complete(worker.run())

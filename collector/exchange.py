@@ -10,7 +10,7 @@ with another length is dropped, never answered from the cache, so a small forged
 datagram cannot draw a larger cached response (RFC 7252 §11.3, amplification).
 
 Memory is bounded: at most `capacity` exchanges are remembered. Entries are kept in
-arrival order (a dict preserves insertion order and arrivals are monotonic), so
+arrival order (an OrderedDict keeps insertion order and arrivals are monotonic), so
 expiry pops from the front, and when the cap is reached the oldest exchange is
 forgotten first. A duplicate of a forgotten exchange is processed again; the store's
 deterministic event ids still make it harmless for events that carry an `id` or a
@@ -26,6 +26,7 @@ is spent.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -156,7 +157,9 @@ class ExchangeLayer:
         self.ack_delay = ack_delay
         self.lifetime = lifetime
         # key -> (arrival time, request datagram length, Request | response bytes)
-        self.seen: dict[tuple[Peer, int], tuple[float, int, Request | bytes]] = {}
+        # An OrderedDict, not a dict: removing a plain dict's first key leaves a dummy
+        # that every later `next(iter(...))` scans past, O(n) per eviction once full.
+        self.seen: OrderedDict[tuple[Peer, int], tuple[float, int, Request | bytes]] = OrderedDict()
         self._waiting: list[Request] = []  # CON requests in arrival order, for ack-delay
         self._waiting_head = 0
         self._outgoing: dict[tuple[Peer, int], Retransmission] = {}
@@ -188,7 +191,7 @@ class ExchangeLayer:
     ) -> None:
         seen = self.seen
         if key not in seen and len(seen) >= self.capacity:
-            del seen[next(iter(seen))]  # the oldest exchange is forgotten first
+            seen.popitem(last=False)  # the oldest exchange is forgotten first
         seen[key] = (now, size, state)
 
     def answered(self, key: tuple[Peer, int], data: bytes) -> None:
@@ -255,7 +258,7 @@ class ExchangeLayer:
             key = next(iter(seen))
             if seen[key][0] > horizon:
                 break
-            del seen[key]
+            seen.popitem(last=False)
 
     @property
     def outgoing(self) -> int:

@@ -311,19 +311,7 @@ def test_any_sockaddr_bytes_convert_or_raise_valueerror(family: bytes, rest: byt
     assert isinstance(peer, tuple) and len(peer) in (2, 4)
 
 
-# -- the worker recipe (bench/mmsg_bench.py's BatchedWorker) ---------------------------------
-
-
-def _bench_module() -> object:
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "mmsg_bench.py"
-    spec = importlib.util.spec_from_file_location("mmsg_bench", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# -- the worker, with batched and with plain I/O ---------------------------------------------
 
 
 def _request(index: int, kind: int, code: int, path: bytes, payload: bytes = b"") -> bytes:
@@ -336,18 +324,19 @@ def _request(index: int, kind: int, code: int, path: bytes, payload: bytes = b""
 EVENT = b'{"sender":"b","origin":"p1","payload":{"type":"t","value":1.5}}'
 
 
-def _answers(worker_class: type, requests: list[bytes]) -> dict[bytes, tuple[int, int, int | None]]:
-    """token -> (type, code, Size1) of what a live worker of `worker_class` answered."""
+def _answers(batched_io: bool, requests: list[bytes]) -> dict[bytes, tuple[int, int, int | None]]:
+    """token -> (type, code, Size1) of what a live worker answered."""
     import asyncio
 
     import uvloop
 
     from collector.config import Config
+    from collector.worker import Worker
 
     config = Config(sink="null", host="127.0.0.1", port=0, max_body=1000)
     loop = uvloop.new_event_loop()
     with udp() as server, udp() as client:
-        worker = worker_class(0, server, config, None, metrics=False)
+        worker = Worker(0, server, config, None, metrics=False, batched_io=batched_io)
 
         async def scenario() -> dict[bytes, tuple[int, int, int | None]]:
             task = asyncio.ensure_future(worker.run())
@@ -374,9 +363,7 @@ def _answers(worker_class: type, requests: list[bytes]) -> dict[bytes, tuple[int
 
 
 @pytest.mark.integration
-def test_the_batched_worker_recipe_answers_exactly_as_the_worker_does() -> None:
-    from collector.worker import Worker
-
+def test_the_worker_answers_alike_with_batched_and_plain_io() -> None:
     post, get = 2, 1
     requests = [_request(i, 0, post, b"events", EVENT) for i in range(40)]
     requests += [
@@ -388,8 +375,8 @@ def test_the_batched_worker_recipe_answers_exactly_as_the_worker_does() -> None:
         _request(45, 0, get, b"nope"),
         _request(46, 0, post, b"events", b"{not json"),
     ]
-    batched = _answers(_bench_module().batched_worker_class(), requests)  # type: ignore[attr-defined]
-    plain = _answers(Worker, requests)
+    batched = _answers(True, requests)
+    plain = _answers(False, requests)
     assert batched == plain
     ack, non = 2, 1
     assert [batched[i.to_bytes(4, "big")] for i in (0, 39, 40, 41, 42, 43, 44, 45)] == [
