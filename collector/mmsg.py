@@ -15,9 +15,9 @@ direction, and keeps the per-datagram Python work to a few slices and a dict loo
   full): raw `sockaddr` bytes -> the tuple `socket.recvfrom` would return, and peer
   tuple -> raw `sockaddr`. A cache hit also hands back the same tuple object for the
   same peer, which makes the caller's own dict lookups on peers cheaper.
-- Replies are copied into a preallocated send buffer (a reply is tens of bytes; the
-  copy is cheaper than finding the address of a `bytes` object) and sent `slots` at a
-  time.
+- Replies are sent in place, from their own `bytes` objects: in CPython a bytes
+  object's data sits at id() plus a fixed header, which a probe at import checks
+  (where it fails, `available()` is False). Up to `slots` go per system call.
 
 Slot size versus truncation. Receiving into 64 KiB slots (what one `recvfrom(65536)`
 does) would make the slots 64 KiB apart (4 MiB for 64 slots, and every slot's first
@@ -357,7 +357,8 @@ class DatagramBatch:
         Like `sendto` on a non-blocking UDP socket, nothing waits: when the socket's
         send buffer is full (EAGAIN/ENOBUFS) the rest are dropped, and a datagram the
         kernel refuses (unreachable network, too large) or whose peer sendto would
-        refuse (or that names a host instead of an address) is skipped. Raises OSError only for a closed or non-socket fd.
+        refuse (or that names a host instead of an address) is skipped. Raises OSError only for a
+        closed or non-socket fd.
         """
         sockaddrs = self._sockaddrs
         hdr_words = self._shdr_words
