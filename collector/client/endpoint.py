@@ -6,7 +6,9 @@ message layer of RFC 7252 §4 for a client talking to one server:
 * **Identifiers.** Message IDs and tokens come from per-endpoint counters that
   start at a random value and increment (§4.4: "a randomized initial value";
   §5.3.1: tokens must be unique among the endpoint's outstanding requests). A
-  4-byte token counter cannot repeat before 2**32 requests.
+  4-byte token counter cannot repeat before 2**32 requests. A Message ID is
+  never reused within EXCHANGE_LIFETIME (:class:`MessageIds`): past 65536
+  requests in that time, a request waits for its ID instead.
 * **Reliability.** A CON request is retransmitted after ACK_TIMEOUT x a random
   factor in [1, ACK_RANDOM_FACTOR], the timeout doubling each time, at most
   MAX_RETRANSMIT times (§4.2, §4.8). An empty ACK stops retransmission; the
@@ -27,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Final, cast
 
@@ -44,6 +48,7 @@ __all__ = [
     "ClientEndpoint",
     "EndpointClosed",
     "ExchangeReset",
+    "MessageIds",
     "RequestError",
     "RequestTimeout",
     "Response",
@@ -80,6 +85,57 @@ def _read_block(raw: bytes) -> coap.Block:
         return coap.Block.decode(raw)
     except coap.CoapError as exc:
         raise BlockwiseError(f"bad Block2 option: {exc}") from None
+
+
+class MessageIds:
+    """Message IDs in sequence from a random start, never reused within ``lifetime``.
+
+    §4.4: "The same Message ID MUST NOT be reused (in the communication with the
+    same endpoint) within the EXCHANGE_LIFETIME". A server deduplicates on (peer,
+    Message ID), so a client that wraps its 16-bit space faster than that (about
+    265 requests/s sustained with the default parameters) would have new requests
+    answered from the server's cache and never stored. :meth:`allocate` therefore
+    returns, with each ID, the earliest time it may be sent.
+
+    Pure and clock-free: the caller passes ``now``. Memory is one gate per block
+    of ``2 ** block_bits`` IDs: when the sequence enters a block again after a
+    wrap, the whole block waits until ``lifetime`` after the block's last send in
+    the previous round (conservative: no ID of the block was sent later than that).
+    """
+
+    def __init__(self, start: int, lifetime: float, *, bits: int = 16, block_bits: int = 10):
+        self.space = 1 << bits
+        self._next = start % self.space
+        self._lifetime = lifetime
+        self._shift = min(block_bits, bits)
+        blocks = self.space >> self._shift
+        self._round = 0
+        self._block_round = [-1] * blocks  # the round in which the block was last entered
+        self._block_gate = [0.0] * blocks  # this round's earliest send time for the block
+        self._block_last = [-math.inf] * blocks  # the block's latest send time
+
+    def allocate(self, now: float, in_use: Container[int] = ()) -> tuple[int, float]:
+        """The next ID not in ``in_use`` and the earliest time (>= now) to send it.
+
+        Raises RuntimeError when every ID is in use.
+        """
+        for _ in range(self.space):
+            mid = self._next
+            current = self._round
+            self._next = (mid + 1) % self.space
+            if self._next == 0:
+                self._round += 1
+            if mid not in in_use:
+                break
+        else:
+            raise RuntimeError("every Message ID is in use")
+        block = mid >> self._shift
+        if self._block_round[block] != current:
+            self._block_round[block] = current
+            self._block_gate[block] = max(now, self._block_last[block] + self._lifetime)
+        ready = max(now, self._block_gate[block])
+        self._block_last[block] = max(self._block_last[block], ready)
+        return mid, ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +184,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
     ) -> None:
         self.params = params or TransmissionParameters()
         self._rng = rng or random.Random()
-        self._mid = self._rng.randrange(0x10000)
+        self._mids = MessageIds(self._rng.randrange(0x10000), self.params.exchange_lifetime)
         self._token = self._rng.randrange(1 << (8 * _TOKEN_BYTES))
         self._by_token: dict[bytes, _Exchange] = {}
         self._by_mid: dict[int, _Exchange] = {}
@@ -232,8 +288,14 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         if accept is not None:
             opts.append((OptionNumber.ACCEPT, coap.encode_uint(accept)))
         opts.sort(key=lambda item: item[0])  # stable: repeated options keep their order
+        started = time.monotonic()
         token = self._next_token()
-        mid = self._next_mid()
+        mid, ready = self._mids.allocate(started, self._by_mid)
+        if ready > started:
+            # Only after 65536 requests within EXCHANGE_LIFETIME (see MessageIds).
+            await asyncio.sleep(ready - started)
+            if self._closed or self._transport is None:
+                raise EndpointClosed("endpoint closed")
         msg = Message(
             type=Type.CON if confirmable else Type.NON,
             code=code,
@@ -251,7 +313,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
             datagram=datagram,
             confirmable=confirmable,
             future=loop.create_future(),
-            started=time.monotonic(),
+            started=started,
             next_timeout=params.ack_timeout * self._rng.uniform(1.0, params.ack_random_factor),
         )
         self._by_token[token] = exchange
@@ -332,13 +394,6 @@ class ClientEndpoint(asyncio.DatagramProtocol):
             self._transport.close()
 
     # -- internals ---------------------------------------------------------------
-
-    def _next_mid(self) -> int:
-        for _ in range(0x10000):
-            self._mid = (self._mid + 1) & 0xFFFF
-            if self._mid not in self._by_mid:
-                return self._mid
-        raise RuntimeError("every Message ID is in use")
 
     def _next_token(self) -> bytes:
         while True:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import coap
 from coap import Code, Message, OptionNumber, Type
@@ -26,6 +28,7 @@ from collector.client.endpoint import (
     ClientEndpoint,
     EndpointClosed,
     ExchangeReset,
+    MessageIds,
     RequestTimeout,
 )
 
@@ -408,6 +411,84 @@ def test_get_gives_up_after_max_blocks() -> None:
         endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
         with pytest.raises(BlockwiseError, match="longer than 4 blocks"):
             await endpoint.get("/big", timeout=5, max_blocks=4)
+        endpoint.close()
+        transport.close()
+
+    _run(scenario())
+
+
+# -- Message ID reuse (§4.4), on a small ID space so that wraps are cheap ------------
+
+
+@settings(max_examples=300)
+@given(
+    steps=st.lists(st.floats(min_value=0, max_value=0.3), min_size=1, max_size=300),
+    start=st.integers(0, 63),
+    block_bits=st.integers(0, 6),
+)
+def test_message_ids_are_never_reused_within_the_lifetime(
+    steps: list[float], start: int, block_bits: int
+) -> None:
+    lifetime = 1.0
+    ids = MessageIds(start, lifetime, bits=6, block_bits=block_bits)
+    now = 0.0
+    sent: dict[int, float] = {}
+    for step in steps:
+        now += step
+        mid, ready = ids.allocate(now)
+        assert ready >= now
+        if mid in sent:
+            assert ready >= sent[mid] + lifetime
+        sent[mid] = ready
+        # Concurrent requests allocate while earlier ones still wait: ``now`` does not
+        # jump to ``ready``; each ID goes out at its own ready time.
+
+
+def test_message_ids_run_free_until_the_space_wraps() -> None:
+    ids = MessageIds(60, 10.0, bits=6, block_bits=2)
+    allocations = [ids.allocate(0.0) for _ in range(64)]
+    assert [mid for mid, _ in allocations] == [*range(60, 64), *range(60)]
+    assert {ready for _, ready in allocations} == {0.0}
+    mid, ready = ids.allocate(1.0)  # 60 again, sent at 0.0: wait for the lifetime
+    assert (mid, ready) == (60, 10.0)
+    mid, ready = ids.allocate(10.5)
+    assert (mid, ready) == (61, 10.5)
+
+
+def test_message_ids_space_rounds_by_the_lifetime_when_time_stands_still() -> None:
+    ids = MessageIds(0, 10.0, bits=6, block_bits=2)
+    rounds = [[ids.allocate(0.0) for _ in range(64)] for _ in range(3)]
+    assert [{ready for _, ready in r} for r in rounds] == [{0.0}, {10.0}, {20.0}]
+
+
+def test_message_ids_skip_ids_in_use() -> None:
+    ids = MessageIds(5, 1.0, bits=6)
+    assert ids.allocate(0.0, in_use={5, 6})[0] == 7
+    with pytest.raises(RuntimeError):
+        ids.allocate(0.0, in_use=set(range(64)))
+
+
+def test_request_waits_for_a_message_id_used_within_the_lifetime() -> None:
+    """A real endpoint whose next ID was sent moments ago holds the request back."""
+    params = TransmissionParameters(ack_timeout=0.05, max_retransmit=0, max_latency=0.1)
+
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        if msg.code:
+            server.send(_answer(msg, Code.CONTENT), addr)
+
+    async def scenario() -> None:
+        server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=params)
+        endpoint._mids = MessageIds(3, params.exchange_lifetime, bits=2, block_bits=0)
+        for _ in range(4):  # uses all four IDs of the tiny space
+            await endpoint.request(Code.GET, "/health", timeout=5)
+        await endpoint.request(Code.GET, "/health", timeout=5)  # ID 3 again
+        times: dict[int, list[float]] = {}
+        for at, m in server.received:
+            times.setdefault(m.mid, [])
+            times[m.mid].append(at)
+        first, again = times[3]
+        assert again - first >= params.exchange_lifetime * 0.95
         endpoint.close()
         transport.close()
 
