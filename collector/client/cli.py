@@ -5,7 +5,8 @@
 Commands: ``healthcheck``, ``discover``, ``send TYPE VALUE...``,
 ``incremental TYPE INITIAL``, ``simulate``, ``city NAME``. Global options may also
 follow the command. Exit codes: 0 every request answered 2.xx; 1 some answer
-4.xx/5.xx (or RST); 2 usage or configuration error; 3 some request got no answer.
+4.xx/5.xx (or RST); 2 usage or configuration error; 3 some request got no answer;
+130 when Ctrl-C stops a one-shot command (an endless ``incremental`` ends normally).
 Every error is one line on stderr, never a traceback.
 """
 
