@@ -257,6 +257,19 @@ class CoapClient:
     def send(self, msg: Message) -> None:
         self.sock.sendto(coap.encode(msg), self.server)
 
+    def recv_for_mid(self, mid: int, timeout: float) -> Message | None:
+        """The next datagram answering Message ID `mid`, or None after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                reply = coap.decode(self.sock.recv(65536))
+            except TimeoutError:
+                return None
+            if reply.mid == mid:
+                return reply
+        return None
+
     def transact(
         self, msg: Message, timeout: float = 10.0, retransmit: bool = True
     ) -> Message | None:
