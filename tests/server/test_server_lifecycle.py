@@ -31,7 +31,6 @@ from .conftest import (
     Collector,
     event,
     free_tcp_port,
-    free_udp_port,
     ids_stored,
     row_count,
     rows,
@@ -507,14 +506,10 @@ def test_drain_timeout_exceeded_exits_1(collector: Callable[..., Collector]) -> 
 
 def test_environment_twins_and_flags_win(collector: Callable[..., Collector]) -> None:
     server = collector(
-        port=free_udp_port(),  # log level warning: no "serving" line to read port 0 from
         workers=None,
         max_body=300,
-        env={
-            "COLLECTOR_WORKERS": "3",
-            "COLLECTOR_MAX_BODY": "200",
-            "COLLECTOR_LOG_LEVEL": "warning",
-        },
+        log_level="info",
+        env={"COLLECTOR_WORKERS": "3", "COLLECTOR_MAX_BODY": "200", "COLLECTOR_LOG_LEVEL": "error"},
     )
     assert len(server.workers()) == 3  # from the environment
     with server.client() as client:
@@ -522,8 +517,30 @@ def test_environment_twins_and_flags_win(collector: Callable[..., Collector]) ->
         reply = client.post_events(ev)
         assert reply.code == Code.REQUEST_ENTITY_TOO_LARGE
         assert reply.uint_option(OptionNumber.SIZE1) == 300  # the flag beat the variable
-    # log level warning: no "serving" info line
-    assert not any(line.get("level") == "info" for line in server.log_lines())
+    # --log-level info beat COLLECTOR_LOG_LEVEL=error: the info lines are there
+    assert any(line.get("msg") == "serving" for line in server.log_lines())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a SIGTERM that reaches a worker before its loop's handler is installed "
+    "either kills it (SIG_DFL after the reset: exit 1 'did not drain cleanly') or is "
+    "swallowed by the inherited supervisor handler right after fork (the supervisor then "
+    "waits drain-timeout + 1 s and SIGKILLs: exit 1). Block TERM/INT across fork and "
+    "unblock in the worker once its handler is in place",
+)
+def test_sigterm_during_startup_exits_cleanly(tmp_path: Path) -> None:
+    for attempt in range(2):
+        server = start_collector(tmp_path / str(attempt), workers=2, wait=False, drain_timeout=3)
+        try:
+            deadline = time.monotonic() + 15
+            while len(server.workers()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.002)
+            server.proc.send_signal(signal.SIGTERM)  # workers forked, maybe not serving yet
+            code = server.proc.wait(15)
+        finally:
+            server.kill()
+        assert code == 0, server.stderr_tail()
 
 
 def alive(pid: int) -> bool:
