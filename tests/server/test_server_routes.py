@@ -456,3 +456,25 @@ def test_duplicate_non_is_stored_once(server: Collector, client: CoapClient, typ
         # with the very same bytes.
         assert again is None or again == first
     assert row_count(server.db, "origin = ?", (origin,)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a request with Proxy-Uri (35) or Proxy-Scheme (39) is served as if the "
+    "option were absent (POST /events stores the event); RFC 7252 §5.7.2 requires 5.05 "
+    "Proxying Not Supported from an endpoint that is not a forward-proxy",
+)
+@pytest.mark.parametrize(
+    ("number", "value"),
+    [(35, b"coap://example.com/events"), (39, b"coap")],
+    ids=["proxy-uri", "proxy-scheme"],
+)
+def test_proxy_request_is_proxying_not_supported(
+    server: Collector, client: CoapClient, number: int, value: bytes
+) -> None:
+    ev = event()
+    msg = client.build(
+        Code.POST, "events", json.dumps(ev).encode(), fmt=50, options=((number, value),)
+    )
+    ask_error(client, msg, Code.PROXYING_NOT_SUPPORTED)
+    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
