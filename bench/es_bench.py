@@ -9,6 +9,8 @@ Rows (each for --duration seconds after a short warm-up, against the same local 
                      and latency p50/p99 of those acks.
 - collector batch=1  the same with `--batch-max 1`: one write request per event, as the
                      thesis' node.js collector did (one `index` call per event).
+- collector, null    the same with `--sink null`: the CoAP side and the generator alone,
+                     i.e. what this box allows before any store is involved.
 - loader (ceiling)   `helpers.async_streaming_bulk` writing the same documents
                      (`create`, same ids and indices), --loader-streams in parallel.
 - ids: create+_id vs index+auto id, and http_compress on/off: the sink's own bulk path
@@ -120,6 +122,9 @@ def start_collector(
         "batch_max": args.batch,
         "log_level": "info",  # the "serving" line carries the port
     }
+    for pair in args.collector_flag:
+        key, _, value = pair.partition("=")
+        flags[key.replace("-", "_")] = value
     flags.update(extra)
     argv = [str(COLLECTOR_BIN), "serve"]
     for key, value in flags.items():
@@ -262,7 +267,7 @@ def collector_row(url: str, args: argparse.Namespace, name: str, **extra: Any) -
         stats = asyncio.run(drive(port, args, args.duration))
     finally:
         stop_collector(proc, err)
-    stored = count_docs(url, prefix)
+    stored = count_docs(url, prefix) if extra.get("sink") != "null" else 0
     delete_prefix(url, prefix)
     lat = sorted(stats["lat"])
     row = {
@@ -420,6 +425,8 @@ def loader_row(
 ROWS = {
     "collector": lambda url, a: collector_row(url, a, "collector"),
     "collector_batch1": lambda url, a: collector_row(url, a, "collector batch-max 1", batch_max=1),
+    # The collector and generator alone (no store): what the CoAP side can do on this box.
+    "collector_null": lambda url, a: collector_row(url, a, "collector, null sink", sink="null"),
     "loader": lambda url, a: loader_row(url, a, "loader async_streaming_bulk", "streaming"),
     "create_id": lambda url, a: loader_row(
         url, a, "sink: create + _id", "sink", compress=False, auto_ids=False
@@ -463,6 +470,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--inflight", type=int, default=4, help="parallel sink writes (id/compress rows)"
     )
+    p.add_argument(
+        "--collector-flag",
+        action="append",
+        default=[],
+        metavar="FLAG=VALUE",
+        help="extra `iot-collector serve` flag for the collector rows (repeatable)",
+    )
     p.add_argument("--rows", default=",".join(ROWS), help=f"subset of {','.join(ROWS)}")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -498,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio("collector", "loader", "collector / async_streaming_bulk loader (target >= 0.8)")
     ratio("collector", "collector_batch1", "collector batched / batch-max 1 (target >= 10)")
+    ratio("collector", "collector_null", "collector with ES / collector with the null sink")
     ratio("create_id", "auto_id", "create + deterministic _id / index + auto id")
     ratio("compress", "create_id", "http_compress on / off")
     if args.json:

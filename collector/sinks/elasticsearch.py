@@ -202,6 +202,7 @@ class ElasticsearchSink:
         self._down_reason = ""
         self._last_ok = 0.0
         self._probe_task: asyncio.Task[None] | None = None
+        self._health_probe: asyncio.Task[bool] | None = None
         kwargs: dict[str, Any] = {
             "http_compress": bool(config.es_compress),
             "max_retries": 0,
@@ -271,6 +272,10 @@ class ElasticsearchSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
             self._probe_task = None
+        if self._health_probe is not None and not self._health_probe.done():
+            self._health_probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_probe
         await self._client.close()
 
     async def healthy(self) -> bool:
@@ -279,7 +284,10 @@ class ElasticsearchSink:
             return False
         if time.monotonic() - self._last_ok < HEALTH_FRESH:
             return True
-        if await self._probe():
+        # Concurrent callers (a burst of GET /health) share one probe.
+        if self._health_probe is None or self._health_probe.done():
+            self._health_probe = asyncio.get_running_loop().create_task(self._probe())
+        if await asyncio.shield(self._health_probe):
             self._mark_up()
             return True
         self._mark_down("health probe failed")

@@ -310,3 +310,26 @@ def test_basic_auth_with_security_enabled(private_es: EsInstance):
     anonymous = sink_config(instance.url, "secure", store_wait=0)
     with pytest.raises(StoreUnavailable, match=r"authentication failed \(401\)"):
         with_sink(anonymous, lambda s: s.write([event()]))
+
+
+def test_health_probe_against_live_and_dead_servers(es_url: str, es_prefix: str):
+    async def main() -> tuple[list[bool], bool, list[Result], bool]:
+        live = ElasticsearchSink(sink_config(es_url, es_prefix), worker=0)
+        dead = ElasticsearchSink(sink_config(f"http://127.0.0.1:{free_port()}", "x"), worker=0)
+        try:
+            # Never started, never written: healthy() has to ask the server itself.
+            burst = await asyncio.gather(*(live.healthy() for _ in range(50)))
+            dead_health = await dead.healthy()
+            dead_write = await dead.write([event(), event()])
+            still_down = await dead.healthy()
+            return burst, dead_health, dead_write, still_down
+        finally:
+            await live.close()
+            await dead.close()
+
+    burst, dead_health, dead_write, still_down = asyncio.run(main())
+    assert burst == [True] * 50
+    assert dead_health is False
+    assert outcomes(dead_write) == [Outcome.FAILED] * 2
+    assert dead_write[0].reason.startswith("elasticsearch unavailable")
+    assert still_down is False
