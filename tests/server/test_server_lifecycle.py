@@ -601,3 +601,35 @@ def test_worker_killed_mid_write_loses_nothing_and_duplicates_nothing(
         assert reply.code == Code.CREATED
     assert victim not in server.workers()
     assert row_count(server.db, "origin = ?", (origin,)) == 2
+
+
+def test_sqlite3_cli_reads_while_the_collector_writes(collector: Callable[..., Collector]) -> None:
+    """The database is safe to read with the `sqlite3` CLI under load (WAL): no
+    'database is locked', and the count only grows."""
+    import shutil
+    import subprocess
+
+    cli = shutil.which("sqlite3")
+    if cli is None:
+        pytest.skip("sqlite3 CLI not installed")
+    server = collector(workers=2)
+    stop = threading.Event()
+    loaders = [Loader(server.client_host, server.port, limit=400, stop=stop) for _ in range(2)]
+    for loader in loaders:
+        loader.start()
+    counts = []
+    try:
+        for _ in range(8):
+            result = subprocess.run(
+                [cli, "-readonly", str(server.db), "SELECT count(*) FROM events"],
+                capture_output=True, text=True, timeout=10, check=False,
+            )  # fmt: skip
+            assert result.returncode == 0 and not result.stderr, result.stderr
+            counts.append(int(result.stdout))
+            time.sleep(0.05)
+    finally:
+        for loader in loaders:
+            loader.stop_sending.set()
+        for loader in loaders:
+            loader.join(10)
+    assert counts == sorted(counts) and counts[-1] > 0, counts
