@@ -7,7 +7,9 @@ count and time and send to loopback only.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -23,7 +25,15 @@ from elasticsearch import Elasticsearch
 
 from coap import Code, ContentFormat, OptionNumber, Type
 
-from .helpers import CoapClient, Collector, EsInstance, es_ids_present, start_collector
+from .helpers import (
+    COLLECTOR_BIN,
+    CoapClient,
+    Collector,
+    EsInstance,
+    es_ids_present,
+    free_port,
+    start_collector,
+)
 
 pytestmark = [pytest.mark.es, pytest.mark.integration]
 
@@ -289,3 +299,31 @@ def test_sigterm_under_load_keeps_every_acked_event(
     acked = load.acked()
     assert len(acked) >= 300
     assert set(acked) == es_ids_present(es, f"{es_prefix}-*", acked)
+
+
+def run_serve(*flags: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    argv = [str(COLLECTOR_BIN), "serve", "--host", "127.0.0.1", "--port", "0", "--workers", "1"]
+    argv += ["--metrics-port", "0", "--sink", "elasticsearch", *flags]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_serve_exits_with_one_line_when_es_is_unreachable():
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = run_serve("--es-url", dead, "--store-wait", "1")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"elasticsearch at {dead}: connection refused" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_exits_with_one_line_when_the_password_is_wrong(private_es: EsInstance):
+    done = run_serve(
+        "--es-url", private_es.url, "--es-username", "elastic", "--es-password", "wrong-pw"
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "authentication failed (401) for user 'elastic'" in lines[0]
+    assert "wrong-pw" not in done.stderr
