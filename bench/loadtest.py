@@ -664,9 +664,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare and doc["compare"] and doc["compare"]["common_rate"]:
             common = doc["compare"]["common_rate"]
             plot_runs = [r for r in doc["runs"] if r["rate"] == common]
-        report.plot(
-            plot_runs, args.plot, " / ".join(sorted({f"{r['rate']:g}/s" for r in plot_runs}))
-        )
+        rates = " / ".join(sorted({f"{r['rate']:g}" for r in plot_runs}))
+        report.plot(plot_runs, args.plot, f"Response-time percentiles at {rates} req/s offered")
     return 0
 
 
