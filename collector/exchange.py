@@ -101,7 +101,7 @@ class Request:
         "failure",
         "key",
         "mid",
-        "path",
+        "options",
         "peer",
         "received",
         "rejection",
@@ -124,10 +124,10 @@ class Request:
         self.key = (peer, mid)
         self.remaining = 0
         self.deadline = 0.0  # when an empty ACK is due, if still unanswered
+        self.options: tuple[tuple[int, bytes], ...] = ()  # echoed in the final response
         self.rejection = ""  # first REJECTED reason, with its event position
         self.failure = ""  # first FAILED reason
         self.separate = False
-        self.path = "/events"
 
 
 class Retransmission:

@@ -15,6 +15,7 @@ second signal, or the timeout, kills them.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import queue
@@ -42,8 +43,21 @@ STABLE_AFTER = 10.0  # a worker that lived this long restarts without delay
 KILL_GRACE = 1.0  # seconds past the drain timeout before SIGKILL
 
 
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+_PR_SET_PDEATHSIG = 1
+
+
 class BindError(Exception):
     pass
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Linux prctl(PR_SET_PDEATHSIG): `sig` when the supervisor dies; elsewhere nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _MetricsServer(HTTPServer):
@@ -149,13 +163,25 @@ class Supervisor:
     # -- workers -----------------------------------------------------------------------
 
     def spawn(self, index: int) -> int:
+        # TERM/INT stay blocked across the fork: one that arrives before the worker has
+        # its own handler stays pending (neither killing it mid-start nor landing in the
+        # supervisor's inherited handler); the worker unblocks them once it can drain.
+        parent = os.getpid()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
-        if pid == 0:  # the worker process
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        else:  # the worker process
             code = EXIT_FAILED
             try:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                # A worker whose supervisor is gone drains and exits, rather than serve
+                # the port headless and join a new collector's SO_REUSEPORT group.
+                _set_parent_death_signal(signal.SIGTERM)
+                if os.getppid() != parent:
+                    os.kill(os.getpid(), signal.SIGTERM)
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 if self._http is not None:
@@ -164,6 +190,7 @@ class Supervisor:
                     if i != index:
                         sock.close()
                 if self._worker_main is not None:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                     code = self._worker_main(index, self.socks[index], self.config, self.status)
                 else:
                     from collector.worker import serve_forever

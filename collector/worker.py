@@ -27,6 +27,7 @@ import coap
 from coap import MessageFormatError, decode
 from collector import mmsg, resources
 from collector.batching import BatchDriver
+from collector.blockwise import BlockError, Reassembly
 from collector.config import Config
 from collector.events import DEFAULT_LIMITS, EventError, Limits, decode_events
 from collector.exchange import (
@@ -61,6 +62,9 @@ _SIZE1 = int(coap.OptionNumber.SIZE1)
 _MAX_AGE = int(coap.OptionNumber.MAX_AGE)
 _CONTENT_FORMAT = int(coap.OptionNumber.CONTENT_FORMAT)
 _BLOCK1 = int(coap.OptionNumber.BLOCK1)
+_CONTINUE = int(coap.Code.CONTINUE)
+_PROXY_URI = int(coap.OptionNumber.PROXY_URI)
+_PROXY_SCHEME = int(coap.OptionNumber.PROXY_SCHEME)
 _ACCEPT = int(coap.OptionNumber.ACCEPT)
 _EVENT_FORMATS = frozenset(int(f) for f in resources.EVENT_FORMATS)
 _CODE_LABELS: dict[int, str] = {}
@@ -96,14 +100,16 @@ class Worker:
         self.stats = WorkerStats()
         self.sink = make_sink(config, index)
         self.limits = Limits(max_body=config.max_body) if config.max_body else DEFAULT_LIMITS
-        # Batched I/O: datagrams up to max_body plus room for header, token and options
-        # arrive whole; a larger one is reported by its length and answered 4.13.
+        # Batched I/O: slots hold the largest UDP datagram, so every request arrives
+        # whole (whatever its options) and a body over max_body gets its 4.13 with Size1.
+        # The slots are an anonymous mmap: only pages the kernel writes become resident.
         self._batch = (
-            mmsg.DatagramBatch(sock, slot_size=self.limits.max_body + 1024)
+            mmsg.DatagramBatch(sock, slot_size=MAX_DATAGRAM)
             if batched_io and mmsg.available()
             else None
         )
         self._outbox: list[tuple[bytes, Peer]] = []
+        self._blocks = Reassembly(self.limits.max_body)
         self.exchange = ExchangeLayer(
             self._send, capacity=config.dedup_capacity, ack_delay=config.ack_delay
         )
@@ -135,6 +141,8 @@ class Worker:
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        # The supervisor forks with these blocked; one that came early is delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
             await self.sink.start()
         except StoreUnavailable as exc:
@@ -180,24 +188,39 @@ class Worker:
         return EXIT_OK
 
     async def _tick_loop(self) -> None:
+        """Exchange timers every TICK; once a second, a store probe and a metrics publish.
+
+        The probe runs as its own task: a store that hangs (a locked sqlite file, an
+        Elasticsearch that does not answer) must not hold up empty ACKs and
+        retransmissions, which are exactly what devices need while the store is slow.
+        """
         loop = asyncio.get_running_loop()
         next_publish = loop.time() + PUBLISH_EVERY
-        while True:
-            await asyncio.sleep(TICK)
-            now = loop.time()
-            self.exchange.tick(now)
-            if now >= next_publish:
-                next_publish = now + PUBLISH_EVERY
-                try:
-                    up = await self.sink.healthy()
-                except Exception:
-                    up = False
-                if up != self.store_up:
-                    self.store_up = up
-                    log.warning("store up" if up else "store down", extra={"worker": self.index})
-                if not self.stopping:
-                    self._set_status(SERVING if up else STORE_DOWN)
-                self._publish()
+        probe: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(TICK)
+                now = loop.time()
+                self.exchange.tick(now)
+                if now >= next_publish:
+                    next_publish = now + PUBLISH_EVERY
+                    if probe is None or probe.done():
+                        probe = loop.create_task(self._probe_store())
+                    self._publish()
+        finally:
+            if probe is not None:
+                probe.cancel()
+
+    async def _probe_store(self) -> None:
+        try:
+            up = await self.sink.healthy()
+        except Exception:
+            up = False
+        if up != self.store_up:
+            self.store_up = up
+            log.warning("store up" if up else "store down", extra={"worker": self.index})
+        if not self.stopping:
+            self._set_status(SERVING if up else STORE_DOWN)
 
     def _publish(self) -> None:
         stats = self.stats
@@ -322,6 +345,10 @@ class Worker:
     def _request(self, msg: coap.Message, peer: Peer, size: int, now: float, wall_ms: int) -> None:
         segments = msg.uri_path
         route = resources.ROUTES.get(segments)
+        options = msg.options
+        if options and options[-1][0] >= _PROXY_URI and self._proxied(msg):
+            self._reply(msg, peer, size, now, coap.Code.PROXYING_NOT_SUPPORTED, "not a proxy")
+            return
         bad = msg.unrecognized_critical()
         if bad is not None:
             self._reply(
@@ -360,6 +387,11 @@ class Worker:
                 limit=None,
             )
 
+    @staticmethod
+    def _proxied(msg: coap.Message) -> bool:
+        """RFC 7252 §5.7.2: a request for a proxy (Proxy-Uri/Proxy-Scheme) gets 5.05."""
+        return any(n in (_PROXY_URI, _PROXY_SCHEME) for n, _v in msg.options)
+
     def _post_events(
         self, msg: coap.Message, peer: Peer, size: int, now: float, wall_ms: int
     ) -> None:
@@ -376,18 +408,32 @@ class Worker:
             return
         payload = msg.payload
         max_body = self.limits.max_body
+        options: tuple[tuple[int, bytes], ...] = ()
         block1 = msg.option(_BLOCK1)
-        if len(payload) > max_body or (block1 is not None and _block_continues(block1)):
-            # RFC 7252 §5.9.2.9 / RFC 7959 §2.9.3: 4.13 with Size1, the largest body taken.
+        if block1 is not None:  # RFC 7959 §2.5: a body in blocks, answered 2.31 until the last
+            try:
+                block = coap.Block.decode(block1)
+                assembled = self._blocks.feed((peer, msg.uri_path), block, payload, fmt, now)
+            except (coap.CoapError, BlockError) as exc:
+                code = getattr(exc, "code", None) or coap.Code.BAD_REQUEST
+                size1 = ((_SIZE1, coap.encode_uint(max_body)),)
+                extra = size1 if code == coap.Code.REQUEST_ENTITY_TOO_LARGE else ()
+                self._reply(msg, peer, size, now, code, str(exc), options=extra)
+                return
+            options = ((_BLOCK1, block1),)
+            if assembled is None:
+                self._reply(msg, peer, size, now, _CONTINUE, options=options)
+                return
+            payload, fmt = assembled
+        if len(payload) > max_body:
+            # RFC 7252 §5.9.2.9: 4.13 with Size1, the largest body taken.
             self._reply(
                 msg,
                 peer,
                 size,
                 now,
                 coap.Code.REQUEST_ENTITY_TOO_LARGE,
-                f"body over {max_body} bytes"
-                if block1 is None
-                else "block-wise transfer not supported",
+                f"body over {max_body} bytes",
                 options=((_SIZE1, coap.encode_uint(max_body)),),
             )
             return
@@ -419,6 +465,7 @@ class Worker:
             return
         request = Request(peer, msg.mid, msg.token, msg.type, size, now)
         request.remaining = len(events)
+        request.options = options
         exchange = self.exchange
         exchange.remember(request.key, now, size, request)
         if msg.type == _CON:
@@ -451,12 +498,12 @@ class Worker:
     def _complete(self, request: Request) -> None:
         assert self._loop is not None
         now = self._loop.time()
-        options: tuple[tuple[int, bytes], ...] = ()
+        options = request.options  # Block1, echoed on the last block's answer
         if request.rejection:
             code, diagnostic = int(coap.Code.BAD_REQUEST), request.rejection
         elif request.failure:
             code, diagnostic = int(coap.Code.SERVICE_UNAVAILABLE), request.failure
-            options = ((_MAX_AGE, coap.encode_uint(MAX_AGE_STORE_DOWN)),)
+            options = ((_MAX_AGE, coap.encode_uint(MAX_AGE_STORE_DOWN)), *options)
         else:
             code, diagnostic = _CREATED, ""
         peer, token = request.peer, request.token
@@ -480,7 +527,7 @@ class Worker:
                 rtype, mid = _ACK, request.mid
             else:
                 rtype, mid = _NON, self.exchange.next_mid()
-            if code == _CREATED:
+            if code == _CREATED and not options:
                 data = header(rtype, code, mid, token)
             else:
                 data = build_response(
