@@ -297,12 +297,6 @@ def test_reused_mid_never_gets_an_answer_larger_than_itself(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Worker._tick_loop awaits sink.healthy() inline; the probe queues on the "
-    "sqlite sink's one executor thread behind the stuck write, so exchange.tick() (empty "
-    "ACKs, retransmissions) stops until the store answers",
-)
 def test_empty_ack_is_timely_while_the_store_stays_slow(
     collector: Callable[..., Collector],
 ) -> None:

@@ -521,14 +521,6 @@ def test_environment_twins_and_flags_win(collector: Callable[..., Collector]) ->
     assert any(line.get("msg") == "serving" for line in server.log_lines())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a SIGTERM that reaches a worker before its loop's handler is installed "
-    "either kills it (SIG_DFL after the reset: exit 1 'did not drain cleanly') or is "
-    "swallowed by the inherited supervisor handler right after fork (the supervisor then "
-    "waits drain-timeout + 1 s and SIGKILLs: exit 1). Block TERM/INT across fork and "
-    "unblock in the worker once its handler is in place",
-)
 def test_sigterm_during_startup_exits_cleanly(tmp_path: Path) -> None:
     for attempt in range(2):
         server = start_collector(tmp_path / str(attempt), workers=2, wait=False, drain_timeout=3)
@@ -551,12 +543,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: workers do not notice their supervisor's death (no PR_SET_PDEATHSIG / "
-    "parent check): after kill -9 of the supervisor they keep serving the port headless, "
-    "and a new collector on that port joins their SO_REUSEPORT group",
-)
 def test_workers_exit_when_the_supervisor_is_killed(collector: Callable[..., Collector]) -> None:
     server = collector(workers=2)
     server.expect_clean_exit = False

@@ -142,12 +142,6 @@ def test_aiocoap_get(server: Collector, path: str, ct: str | None) -> None:
         assert "</events>" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: both peers send bodies over 1024 bytes block-wise (Block1, RFC 7959); "
-    "the collector answers 4.13 'block-wise transfer not supported' with Size1 16384, "
-    "so 1025..max-body bytes cannot be posted by standard clients",
-)
 @pytest.mark.parametrize("peer", ["libcoap", "aiocoap"])
 def test_peer_posts_a_two_kilobyte_array(server: Collector, tmp_path: Path, peer: str) -> None:
     evs = [event() for _ in range(16)]
