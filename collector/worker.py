@@ -16,6 +16,7 @@ codec raises only its format error, and everything after decoding is guarded.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -53,6 +54,7 @@ EXIT_STORE_UNAVAILABLE = 3
 READ_BURST = 256  # datagrams per reader wake-up before yielding to timers
 MAX_DATAGRAM = 65536  # read whole datagrams: an oversized body gets 4.13, not 4.00
 TICK = 0.01  # seconds between exchange-timer sweeps
+GC_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
 PUBLISH_EVERY = 1.0  # seconds between metric publishes and store probes
 
 _CON, _NON, _ACK, _RST = 0, 1, 2, 3
@@ -611,6 +613,13 @@ def serve_forever(
     index: int, sock: socket.socket, config: Config, status: StatusBoard | None
 ) -> int:
     """Run one worker on a fresh uvloop loop (the worker process's main)."""
+    # The dedup cache holds up to --dedup-capacity live entries; the cyclic GC would
+    # walk them on every old-generation pass (measured: p99 at 4000 req/s 22-26 ms with
+    # the default settings, 10-12 ms without). The hot path makes no cycles, so freeze
+    # what start-up made and collect rarely.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 1000)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
