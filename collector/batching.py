@@ -2,9 +2,13 @@
 
 `Batcher` is a pure object with no clock (the shape of elasticsearch-py's action
 chunker): `feed` returns a full batch when the count limit is reached, `flush` returns
-whatever is open. `BatchDriver` owns the time: it starts a `batch_ms` timer when the
-first event of a batch arrives, and keeps at most `max_flushes` store writes in flight
-(later batches queue, bounded by the caller's max-pending check). When a write
+whatever is open. `BatchDriver` owns the time, as group commit does: while the store
+is idle, a batch closes at the end of the current loop iteration (so a lone request
+is not held `batch_ms` for nothing, and a burst read in one wake-up still goes in one
+write); while writes are in flight, it closes at `batch_max` events or `batch_ms`
+after its first event, or as soon as the store is idle again, whichever comes first.
+At most `max_flushes` writes are in flight (later batches queue, bounded by the
+caller's max-pending check). When a write
 returns, every event's result is handed to its waiter, so each request is judged by
 its own events only.
 """
@@ -76,7 +80,7 @@ class BatchDriver:
         self._batcher: Batcher[Item] = Batcher(batch_max)
         self._delay = batch_ms / 1000.0
         self._max_flushes = max_flushes
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._queued: deque[list[Item]] = deque()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._on_flushed = on_flushed
@@ -92,7 +96,11 @@ class BatchDriver:
             self._cancel_timer()
             self._submit(batch)
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._delay, self._on_timer)
+            loop = asyncio.get_running_loop()
+            if self._in_flight:
+                self._timer = loop.call_later(self._delay, self._on_timer)
+            else:
+                self._timer = loop.call_soon(self._on_timer)
 
     def flush(self) -> None:
         """Close the open batch now (drain)."""
@@ -115,6 +123,8 @@ class BatchDriver:
             self._timer = None
 
     def _on_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = None
         batch = self._batcher.flush()
         if batch is not None:
@@ -132,6 +142,8 @@ class BatchDriver:
         self._in_flight.discard(task)
         if self._queued:
             self._submit(self._queued.popleft())
+        elif not self._in_flight and self._timer is not None:
+            self._on_timer()  # the store is idle: don't wait out batch_ms
 
     async def _write(self, batch: list[Item]) -> None:
         loop = asyncio.get_running_loop()

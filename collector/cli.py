@@ -60,10 +60,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(config: Config) -> int:
     # Multiprocess metrics: the directory must be set before prometheus_client loads.
+    made_dir = None
     if config.metrics_port:
         from collector.metrics import prepare_multiproc_dir
 
-        prepare_multiproc_dir()
+        made_dir = prepare_multiproc_dir()
+    try:
+        return _serve(config)
+    finally:
+        if made_dir is not None:
+            import shutil
+
+            shutil.rmtree(made_dir, ignore_errors=True)
+
+
+def _serve(config: Config) -> int:
     from collector.logs import setup_logging
     from collector.sinks import StoreUnavailable
     from collector.supervisor import (

@@ -28,14 +28,17 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 
-def prepare_multiproc_dir() -> str:
+def prepare_multiproc_dir() -> str | None:
     """Set PROMETHEUS_MULTIPROC_DIR (a fresh temp dir unless given) and wipe it.
 
     Must run before prometheus_client is imported anywhere in this process tree.
+    Returns the path when it made a temporary directory (the caller removes it at
+    exit), None when the directory was given.
     """
+    made = None
     path = os.environ.get(MULTIPROC_ENV)
     if not path:
-        path = tempfile.mkdtemp(prefix="iot-collector-metrics-")
+        path = made = tempfile.mkdtemp(prefix="iot-collector-metrics-")
         os.environ[MULTIPROC_ENV] = path
     os.makedirs(path, exist_ok=True)
     for name in os.listdir(path):
@@ -44,7 +47,7 @@ def prepare_multiproc_dir() -> str:
             shutil.rmtree(full, ignore_errors=True)
         else:
             os.unlink(full)
-    return path
+    return made
 
 
 class LocalHistogram:

@@ -353,6 +353,9 @@ class Worker:
             return
         bad = msg.unrecognized_critical()
         if bad is not None:
+            if msg.type == _NON:  # RFC 7252 §5.4.1: a NON with one is rejected (ignored)
+                self.stats.malformed += 1
+                return
             self._reply(
                 msg, peer, size, now, coap.Code.BAD_OPTION, f"unrecognized critical option {bad}"
             )
@@ -453,7 +456,9 @@ class Worker:
             self._reply(msg, peer, size, now, exc.code, str(exc))
             return
         driver = self.driver
-        if driver.pending + len(events) > self.config.max_pending:
+        # Over max-pending: 5.03 at once. A request larger than max-pending itself is
+        # still taken when nothing waits, or it could never be accepted.
+        if driver.pending and driver.pending + len(events) > self.config.max_pending:
             self.stats.overloaded += 1
             self._reply(
                 msg,
