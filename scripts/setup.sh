@@ -11,6 +11,11 @@ command -v coap-client-notls >/dev/null 2>&1 || need_pkgs+=(libcoap3-bin)
 command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v sqlite3 >/dev/null 2>&1 || need_pkgs+=(sqlite3)
+# Elasticsearch for the tests: fetched from Maven Central with mvn, run on Java 17.
+command -v mvn >/dev/null 2>&1 || need_pkgs+=(maven)
+command -v java >/dev/null 2>&1 || need_pkgs+=(openjdk-17-jre-headless)
+command -v unzip >/dev/null 2>&1 || need_pkgs+=(unzip)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing system packages: ${need_pkgs[*]}"
