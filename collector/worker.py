@@ -331,16 +331,7 @@ class Worker:
             self.stats.duplicates += 1
             return
         if oversized:
-            max_body = self.limits.max_body
-            self._reply(
-                msg,
-                peer,
-                size,
-                now,
-                coap.Code.REQUEST_ENTITY_TOO_LARGE,
-                f"body over {max_body} bytes",
-                options=((_SIZE1, coap.encode_uint(max_body)),),
-            )
+            self._too_large(msg, peer, size, now)
             return
         self._request(msg, peer, size, now, wall_ms)
 
@@ -392,6 +383,19 @@ class Worker:
                 limit=None,
             )
 
+    def _too_large(self, msg: coap.Message, peer: Peer, size: int, now: float) -> None:
+        """RFC 7252 §5.9.2.9: 4.13 with Size1, the largest body taken."""
+        max_body = self.limits.max_body
+        self._reply(
+            msg,
+            peer,
+            size,
+            now,
+            coap.Code.REQUEST_ENTITY_TOO_LARGE,
+            f"body over {max_body} bytes",
+            options=((_SIZE1, coap.encode_uint(max_body)),),
+        )
+
     @staticmethod
     def _proxied(msg: coap.Message) -> bool:
         """RFC 7252 §5.7.2: a request for a proxy (Proxy-Uri/Proxy-Scheme) gets 5.05."""
@@ -431,16 +435,7 @@ class Worker:
                 return
             payload, fmt = assembled
         if len(payload) > max_body:
-            # RFC 7252 §5.9.2.9: 4.13 with Size1, the largest body taken.
-            self._reply(
-                msg,
-                peer,
-                size,
-                now,
-                coap.Code.REQUEST_ENTITY_TOO_LARGE,
-                f"body over {max_body} bytes",
-                options=((_SIZE1, coap.encode_uint(max_body)),),
-            )
+            self._too_large(msg, peer, size, now)
             return
         try:
             events = decode_events(

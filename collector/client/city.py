@@ -21,7 +21,7 @@ import urllib.request
 from typing import Any, Final, TextIO
 
 from . import payloads
-from .commands import ClientConfig, Sender, connect
+from .commands import ClientConfig, send_events
 
 __all__ = ["CityError", "city_events", "fetch_weather", "run_city"]
 
@@ -100,13 +100,4 @@ async def run_city(config: ClientConfig, name: str, out: TextIO) -> int:
     base_url = os.environ.get("OPENWEATHERMAP_URL", "").strip() or DEFAULT_BASE_URL
     timeout = config.timeout or HTTP_TIMEOUT
     weather = await asyncio.to_thread(fetch_weather, name, api_key, base_url, timeout)
-    events = city_events(config, name, weather)
-    endpoint = await connect(config)
-    try:
-        sender = Sender(endpoint, config, out)
-        for start in range(0, len(events), config.batch):
-            await sender.submit(events[start : start + config.batch])
-        await sender.drain()
-    finally:
-        endpoint.close()
-    return sender.tally.exit_code
+    return await send_events(config, city_events(config, name, weather), out)

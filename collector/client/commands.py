@@ -302,6 +302,11 @@ async def run_send(
 ) -> int:
     """One event per value, ``config.batch`` events per request."""
     events = [config.event(type, value, unit=unit) for value in values]
+    return await send_events(config, events, out)
+
+
+async def send_events(config: ClientConfig, events: list[payloads.Event], out: TextIO) -> int:
+    """Send `events`, ``config.batch`` per request; the exit code of the answers."""
     endpoint = await connect(config)
     try:
         sender = Sender(endpoint, config, out)

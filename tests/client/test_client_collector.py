@@ -4,6 +4,7 @@ client says was acknowledged is exactly what the store holds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
@@ -150,10 +151,24 @@ def test_simulate_stores_every_acked_reading_once(collector: Collector) -> None:
     assert all(900 < p < 1100 for p in pressures)
 
 
+@contextlib.contextmanager
+def _store_locked(db: Path, seconds: float) -> Iterator[None]:
+    """Hold sqlite's write lock for `seconds` in a thread: a real slow store."""
+    conn = sqlite3.connect(db, timeout=10, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN EXCLUSIVE")
+    timer = threading.Timer(seconds, conn.rollback)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
+        conn.close()
+
+
 def test_separate_responses_from_a_slow_store(tmp_path: Path) -> None:
-    """With a 300 ms batch window and a 10 ms ack delay the collector answers with an
+    """With the store locked longer than a 10 ms ack delay the collector answers with an
     empty ACK and a separate CON response; the client must ACK it and finish."""
-    for collector in _start_collector(tmp_path, "--batch-ms", "300", "--ack-delay", "0.01"):
+    for collector in _start_collector(tmp_path, "--ack-delay", "0.01"):
 
         async def one(port: int) -> Response:
             endpoint = await ClientEndpoint.connect("127.0.0.1", port)
@@ -167,14 +182,16 @@ def test_separate_responses_from_a_slow_store(tmp_path: Path) -> None:
             finally:
                 endpoint.close()
 
-        response = asyncio.run(one(collector.port))
+        with _store_locked(collector.db, 0.5):
+            response = asyncio.run(one(collector.port))
         assert response.code == Code.CREATED
         assert response.separate and response.message.type == Type.CON
         assert response.transmissions == 1
-        result = run_cli(
-            "-P", str(collector.port), "incremental", "-n", "4", "--window", "4", "-f", "2",
-            "t", "1", "--timeout", "20",
-        )  # fmt: skip
+        with _store_locked(collector.db, 0.5):
+            result = run_cli(
+                "-P", str(collector.port), "incremental", "-n", "4", "--window", "4", "-f", "2",
+                "t", "1", "--timeout", "20",
+            )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert len(result.stdout.splitlines()) == 4
         assert len(collector.rows()) == 5
