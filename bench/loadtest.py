@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(float),
         default=25.0,
         help="capacity = highest rate whose p99 (ms) stays within this, with no errors and the"
-        " generator on schedule (default 25: the collector holds each answer up to its"
-        " --batch-ms, 5 ms by default, and a shared 2-core box adds jitter)",
+        " generator on schedule (default 25: while a store write is in flight the collector"
+        " holds new answers up to its --batch-ms, 5 ms by default, and a shared 2-core box"
+        " adds jitter)",
     )
     c.add_argument(
         "--common-rate",

@@ -144,7 +144,8 @@ def test_mapping_rejected_event_gets_4_00_and_neighbours_are_stored(
     es.indices.create(
         index=f"{es_prefix}-2001.01.01", mappings={"properties": {"sender": {"type": "long"}}}
     )
-    # A long batch window so that the three requests share one bulk call.
+    # A long batch window: while one bulk call is in flight the others wait for it and
+    # share the next; whichever way they are batched, each is judged by its own items.
     server = collector(batch_ms=300, ack_delay=1.0)
     bad = body(timestamp=DAY_2001_01_01_ISO, sender="not-a-number")
     goods = [body(), body(timestamp=DAY_2001_01_01_ISO, sender="12345")]
