@@ -30,7 +30,7 @@ from collector import mmsg, resources
 from collector.batching import BatchDriver
 from collector.blockwise import BlockError, Reassembly
 from collector.config import Config
-from collector.events import DEFAULT_LIMITS, EventError, Limits, decode_events
+from collector.events import DEFAULT_LIMITS, EventError, InvalidEvent, Limits, decode_events
 from collector.exchange import (
     MAX_AGE_OVERLOADED,
     MAX_AGE_STORE_DOWN,
@@ -69,6 +69,8 @@ _PROXY_URI = int(coap.OptionNumber.PROXY_URI)
 _PROXY_SCHEME = int(coap.OptionNumber.PROXY_SCHEME)
 _ACCEPT = int(coap.OptionNumber.ACCEPT)
 _EVENT_FORMATS = frozenset(int(f) for f in resources.EVENT_FORMATS)
+_SENML_FORMATS = frozenset((int(coap.ContentFormat.SENML_JSON), int(coap.ContentFormat.SENML_CBOR)))
+_URI_QUERY = int(coap.OptionNumber.URI_QUERY)
 _CODE_LABELS: dict[int, str] = {}
 
 
@@ -438,6 +440,10 @@ class Worker:
             self._too_large(msg, peer, size, now)
             return
         try:
+            if fmt in _SENML_FORMATS:  # SenML has no sender: `?sender=` and `?namespace=`
+                sender, namespace = _senml_defaults(msg)
+            else:
+                sender, namespace = "senml", "default"
             events = decode_events(
                 payload,
                 fmt,
@@ -446,6 +452,8 @@ class Worker:
                 received_ms=wall_ms,
                 worker=self.index,
                 limits=self.limits,
+                default_sender=sender,
+                default_namespace=namespace,
             )
         except EventError as exc:
             self._reply(msg, peer, size, now, exc.code, str(exc))
@@ -600,13 +608,22 @@ class Worker:
         self.stats.flush_seconds.observe(seconds)
 
 
-def _block_continues(value: bytes) -> bool:
-    """True unless a Block1 value says "block 0, no more": the only one we take whole."""
-    try:
-        block = coap.Block.decode(value)
-    except coap.CoapError:
-        return True
-    return block.num != 0 or block.more
+def _senml_defaults(msg: coap.Message) -> tuple[str, str]:
+    """Sender and namespace for SenML events, from Uri-Query `sender=` / `namespace=`.
+
+    SenML (RFC 8428) records carry no sender, so a device names itself in the query:
+    `coap://collector/events?sender=dev-17`. Raises InvalidEvent for an empty or long one.
+    """
+    found = {"sender": "senml", "namespace": "default"}
+    for number, value in msg.options:
+        if number != _URI_QUERY:
+            continue
+        key, sep, text = value.decode("utf-8", "replace").partition("=")
+        if key in found and sep:
+            if not 0 < len(text) <= DEFAULT_LIMITS.max_string:
+                raise InvalidEvent(f"?{key}: must be 1-{DEFAULT_LIMITS.max_string} characters")
+            found[key] = text
+    return found["sender"], found["namespace"]
 
 
 def serve_forever(

@@ -394,10 +394,6 @@ def _command(args: argparse.Namespace, config: ClientConfig) -> Coroutine[Any, A
             out=out,
         )
     if args.command == "city":
-        if config.format.startswith("senml"):
-            raise UsageError(
-                f"city: --format {config.format} cannot carry sender=weathercity; use json or cbor"
-            )
         return run_city(config, args.name, out)
     raise UsageError(f"unknown command {args.command!r}")
 

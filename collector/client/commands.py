@@ -127,12 +127,20 @@ class Sender:
         """Wait for room in the window, then send ``events`` as one request."""
         await self._window.acquire()
         body, content_format = payloads.encode_body(events, self.config.format)
+        query = payloads.query_options(events, self.config.format)
         shown: object = events[0] if len(events) == 1 else list(events)
-        task = asyncio.create_task(self._one(body, content_format, shown, len(events)))
+        task = asyncio.create_task(self._one(body, content_format, query, shown, len(events)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _one(self, body: bytes, content_format: int, shown: object, count: int) -> None:
+    async def _one(
+        self,
+        body: bytes,
+        content_format: int,
+        query: tuple[tuple[int, bytes], ...],
+        shown: object,
+        count: int,
+    ) -> None:
         outcome: Response | RequestError
         try:
             self.tally.requests_sent += 1
@@ -144,6 +152,7 @@ class Sender:
                 content_format=content_format,
                 confirmable=self.config.confirmable,
                 timeout=self.config.timeout,
+                options=query,
             )
         except RequestError as exc:
             outcome = exc

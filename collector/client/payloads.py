@@ -23,7 +23,7 @@ from typing import Any, Final
 import cbor2
 import orjson
 
-from coap import ContentFormat
+from coap import ContentFormat, OptionNumber
 
 __all__ = [
     "FORMATS",
@@ -32,6 +32,7 @@ __all__ = [
     "encode_body",
     "make_event",
     "parse_value",
+    "query_options",
     "rfc3339_ms",
     "senml_records",
     "tidy_number",
@@ -116,6 +117,19 @@ def make_event(
 
 def _epoch_seconds(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def query_options(events: Sequence[Event], fmt: str) -> tuple[tuple[int, bytes], ...]:
+    """Uri-Query options a request needs: SenML records carry no sender or namespace,
+    so the collector reads them from ``?sender=`` and ``?namespace=``."""
+    if not fmt.startswith("senml") or not events:
+        return ()
+    first = events[0]
+    query = [(int(OptionNumber.URI_QUERY), f"sender={first['sender']}".encode())]
+    namespace = first.get("namespace")
+    if namespace and namespace != "default":
+        query.append((int(OptionNumber.URI_QUERY), f"namespace={namespace}".encode()))
+    return tuple(query)
 
 
 def senml_records(events: Sequence[Event]) -> list[dict[str, Any]]:

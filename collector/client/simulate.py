@@ -128,6 +128,7 @@ class Fleet:
 
     async def _one(self, device: _Device, events: Sequence[payloads.Event]) -> None:
         body, content_format = payloads.encode_body(events, self.config.format)
+        query = payloads.query_options(events, self.config.format)
         outcome: Response | RequestError
         try:
             outcome = await device.endpoint.request(
@@ -137,6 +138,7 @@ class Fleet:
                 content_format=content_format,
                 confirmable=self.config.confirmable,
                 timeout=self.config.timeout,
+                options=query,
             )
         except RequestError as exc:
             outcome = exc

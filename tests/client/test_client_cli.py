@@ -178,11 +178,6 @@ def test_argument_that_is_not_utf8_is_a_usage_error(capsys: pytest.CaptureFixtur
     assert capsys.readouterr().err.startswith("iot-client: value: not valid UTF-8")
 
 
-def test_city_refuses_senml(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["city", "--format", "senml-json", "Madrid"]) == 2
-    assert "cannot carry sender=weathercity" in capsys.readouterr().err
-
-
 def test_bad_iot_port_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

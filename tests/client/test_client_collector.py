@@ -97,13 +97,16 @@ def test_thesis_demo_incremental_is_stored(collector: Collector) -> None:
 @pytest.mark.parametrize("fmt", ["json", "cbor", "senml-json", "senml-cbor"])
 def test_every_format_and_batch_is_stored(collector: Collector, fmt: str) -> None:
     result = run_cli(
-        "-P", str(collector.port), "-o", "probe7", "incremental", "-n", "7", "-f", "2",
+        "-P", str(collector.port), "-o", "probe7", "-s", "lab-7", "-N", "lab",
+        "incremental", "-n", "7", "-f", "2",
         "--batch", "3", "--format", fmt, "v", "1", "--non", "--timeout", "10",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 3
     rows = collector.rows("origin = ?", "probe7")
     assert sorted(row["value"] for row in rows) == [1, 2, 4, 8, 16, 32, 64]
+    # SenML carries sender and namespace in ?sender= / ?namespace=: same rows as JSON.
+    assert {(row["sender"], row["namespace"]) for row in rows} == {("lab-7", "lab")}
 
 
 def test_send_string_and_bool_values(collector: Collector) -> None:

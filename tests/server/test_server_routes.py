@@ -149,6 +149,30 @@ def test_post_senml_is_created_and_stored(
         assert got["label"]["value_text"] == "ok"
 
 
+def test_senml_sender_and_namespace_come_from_the_query(
+    server: Collector, client: CoapClient
+) -> None:
+    """SenML records carry no sender: a device names itself with ?sender= (and may set
+    ?namespace=); other query parameters are ignored."""
+    device = f"urn:dev:mac:{uuid.uuid4().hex[:16]}"
+    pack = [{"bn": f"{device}:", "n": "temperature", "v": 20.0}]
+    query = ((int(OptionNumber.URI_QUERY), b"sender=dev-17"),)
+    query += ((int(OptionNumber.URI_QUERY), b"namespace=lab"),)
+    query += ((int(OptionNumber.URI_QUERY), b"other=x"),)
+    fmt = ContentFormat.SENML_JSON
+    msg = client.build(Code.POST, "events", payload_of(pack, fmt), fmt=fmt, options=query)
+    _raw, reply = ask(client, msg)
+    assert reply.code == Code.CREATED, reply.payload
+    (row,) = rows(server.db, "origin = ?", (device,))
+    assert (row["sender"], row["namespace"]) == ("dev-17", "lab")
+
+    empty = ((int(OptionNumber.URI_QUERY), b"sender="),)
+    msg = client.build(Code.POST, "events", payload_of(pack, fmt), fmt=fmt, options=empty)
+    _raw, reply = ask(client, msg)
+    assert reply.code == Code.BAD_REQUEST
+    assert b"sender" in reply.payload
+
+
 # --- GET /health and /.well-known/core -----------------------------------------
 
 
