@@ -113,10 +113,6 @@ class BatchDriver:
         """Return when every event fed so far has its result."""
         await self._idle.wait()
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
-
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

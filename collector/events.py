@@ -596,24 +596,12 @@ def decode_events(
     if content_format == CBOR:
         body = _load_cbor(payload, text_keys_only=True)
         return _events(body, limits, source, mid, received_ms, worker)
-    if content_format == SENML_JSON:
-        pack = _load_json(payload)
+    if content_format in (SENML_JSON, SENML_CBOR):
+        cbor = content_format == SENML_CBOR  # RFC 8428 §6: integer labels in CBOR
+        pack = _load_cbor(payload, text_keys_only=False) if cbor else _load_json(payload)
         return _senml_events(
             pack,
-            False,
-            limits,
-            source,
-            mid,
-            received_ms,
-            worker,
-            default_sender,
-            default_namespace,
-        )
-    if content_format == SENML_CBOR:
-        pack = _load_cbor(payload, text_keys_only=False)
-        return _senml_events(
-            pack,
-            True,
+            cbor,
             limits,
             source,
             mid,

@@ -211,10 +211,9 @@ class ExchangeLayer:
         self._next_mid = (self._next_mid + 1) & 0xFFFF
         return self._next_mid
 
-    def send_confirmable(self, peer: Peer, data_for: Callable[[int], bytes], now: float) -> None:
-        """Send a CON of ours (a separate response) and retransmit it until ACKed."""
-        mid = self.next_mid()
-        data = data_for(mid)
+    def send_confirmable(self, peer: Peer, mid: int, data: bytes, now: float) -> None:
+        """Send a CON of ours (a separate response, Message ID from `next_mid`) and
+        retransmit it until ACKed."""
         self._send(data, peer)
         self._outgoing[(peer, mid)] = Retransmission(data, peer, now)
 
@@ -263,6 +262,3 @@ class ExchangeLayer:
     @property
     def outgoing(self) -> int:
         return len(self._outgoing)
-
-    def waiting_empty(self) -> bool:
-        return self._waiting_head >= len(self._waiting)

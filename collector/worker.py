@@ -517,38 +517,22 @@ class Worker:
         else:
             code, diagnostic = _CREATED, ""
         peer, token = request.peer, request.token
+        if request.separate:  # the empty ACK went out already: a CON of our own (§5.2.2)
+            rtype, mid = _CON, self.exchange.next_mid()
+        elif request.type == _CON:
+            rtype, mid = _ACK, request.mid
+        else:
+            rtype, mid = _NON, self.exchange.next_mid()
+        if code == _CREATED and not options:
+            data = header(rtype, code, mid, token)
+        else:
+            data = build_response(
+                rtype, mid, token, code, options=options, diagnostic=diagnostic, limit=request.size
+            )
         if request.separate:
-            # The empty ACK went out already: the answer is a CON of its own (§5.2.2).
-            def data_for(mid: int) -> bytes:
-                return build_response(
-                    _CON,
-                    mid,
-                    token,
-                    code,
-                    options=options,
-                    diagnostic=diagnostic,
-                    limit=request.size,
-                )
-
-            self.exchange.send_confirmable(peer, data_for, now)
+            self.exchange.send_confirmable(peer, mid, data, now)
             self.exchange.answered(request.key, empty(_ACK, request.mid))
         else:
-            if request.type == _CON:
-                rtype, mid = _ACK, request.mid
-            else:
-                rtype, mid = _NON, self.exchange.next_mid()
-            if code == _CREATED and not options:
-                data = header(rtype, code, mid, token)
-            else:
-                data = build_response(
-                    rtype,
-                    mid,
-                    token,
-                    code,
-                    options=options,
-                    diagnostic=diagnostic,
-                    limit=request.size,
-                )
             self._send(data, peer)
             self.exchange.answered(request.key, data)
         stats = self.stats

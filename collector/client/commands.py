@@ -110,6 +110,29 @@ class StopFlag:
         return self.event.is_set()
 
 
+async def post_events(
+    endpoint: ClientEndpoint,
+    config: ClientConfig,
+    body: bytes,
+    content_format: int,
+    query: payloads.Options,
+) -> Response | RequestError:
+    """POST /events once (as `payloads.encode_request` made it): the answer, or the
+    error that ended the exchange."""
+    try:
+        return await endpoint.request(
+            Code.POST,
+            EVENTS_PATH,
+            payload=body,
+            content_format=content_format,
+            confirmable=config.confirmable,
+            timeout=config.timeout,
+            options=query,
+        )
+    except RequestError as exc:
+        return exc
+
+
 class Sender:
     """Sends event batches on one endpoint with a bounded window, printing answers."""
 
@@ -126,36 +149,19 @@ class Sender:
     async def submit(self, events: Sequence[payloads.Event]) -> None:
         """Wait for room in the window, then send ``events`` as one request."""
         await self._window.acquire()
-        body, content_format = payloads.encode_body(events, self.config.format)
-        query = payloads.query_options(events, self.config.format)
+        request = payloads.encode_request(events, self.config.format)
         shown: object = events[0] if len(events) == 1 else list(events)
-        task = asyncio.create_task(self._one(body, content_format, query, shown, len(events)))
+        task = asyncio.create_task(self._one(request, shown, len(events)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _one(
-        self,
-        body: bytes,
-        content_format: int,
-        query: tuple[tuple[int, bytes], ...],
-        shown: object,
-        count: int,
+        self, request: tuple[bytes, int, payloads.Options], shown: object, count: int
     ) -> None:
-        outcome: Response | RequestError
         try:
             self.tally.requests_sent += 1
             self.tally.events_sent += count
-            outcome = await self.endpoint.request(
-                Code.POST,
-                EVENTS_PATH,
-                payload=body,
-                content_format=content_format,
-                confirmable=self.config.confirmable,
-                timeout=self.config.timeout,
-                options=query,
-            )
-        except RequestError as exc:
-            outcome = exc
+            outcome = await post_events(self.endpoint, self.config, *request)
         finally:
             self._window.release()
         self.tally.add(outcome, count)

@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "Value",
     "encode_body",
+    "encode_request",
     "make_event",
     "parse_value",
     "query_options",
@@ -119,7 +120,16 @@ def _epoch_seconds(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
-def query_options(events: Sequence[Event], fmt: str) -> tuple[tuple[int, bytes], ...]:
+Options = tuple[tuple[int, bytes], ...]
+
+
+def encode_request(events: Sequence[Event], fmt: str) -> tuple[bytes, int, Options]:
+    """Body, Content-Format and Uri-Query options of one POST /events carrying `events`."""
+    body, content_format = encode_body(events, fmt)
+    return body, content_format, query_options(events, fmt)
+
+
+def query_options(events: Sequence[Event], fmt: str) -> Options:
     """Uri-Query options a request needs: SenML records carry no sender or namespace,
     so the collector reads them from ``?sender=`` and ``?namespace=``."""
     if not fmt.startswith("senml") or not events:

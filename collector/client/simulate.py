@@ -28,11 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from coap import Code
-
 from . import payloads
-from .commands import EVENTS_PATH, ClientConfig, StopFlag
-from .endpoint import ClientEndpoint, RequestError, Response
+from .commands import ClientConfig, StopFlag, post_events
+from .endpoint import ClientEndpoint, Response
 from .outcomes import Tally, emit
 
 __all__ = ["Fleet", "WeatherStation", "run_simulate"]
@@ -127,21 +125,8 @@ class Fleet:
         return events
 
     async def _one(self, device: _Device, events: Sequence[payloads.Event]) -> None:
-        body, content_format = payloads.encode_body(events, self.config.format)
-        query = payloads.query_options(events, self.config.format)
-        outcome: Response | RequestError
-        try:
-            outcome = await device.endpoint.request(
-                Code.POST,
-                EVENTS_PATH,
-                payload=body,
-                content_format=content_format,
-                confirmable=self.config.confirmable,
-                timeout=self.config.timeout,
-                options=query,
-            )
-        except RequestError as exc:
-            outcome = exc
+        request = payloads.encode_request(events, self.config.format)
+        outcome = await post_events(device.endpoint, self.config, *request)
         self.tally.add(outcome, len(events))
         if isinstance(outcome, Response):
             self._record_latency(outcome.rtt)

@@ -114,7 +114,8 @@ def test_entries_expire_after_the_exchange_lifetime() -> None:
 
 def test_separate_response_is_retransmitted_with_backoff_until_acked() -> None:
     layer, sent = make_layer()
-    layer.send_confirmable(PEER, lambda mid: header(0, 65, mid, b"t"), 0.0)
+    mid = layer.next_mid()
+    layer.send_confirmable(PEER, mid, header(0, 65, mid, b"t"), 0.0)
     first = coap.decode(sent[0][0])
     assert first.type == coap.Type.CON
     layer.tick(1.0)  # before ACK_TIMEOUT: nothing
@@ -129,7 +130,8 @@ def test_separate_response_is_retransmitted_with_backoff_until_acked() -> None:
 
 def test_separate_response_gives_up_after_max_retransmit() -> None:
     layer, sent = make_layer()
-    layer.send_confirmable(PEER, lambda mid: header(0, 65, mid, b"t"), 0.0)
+    mid = layer.next_mid()
+    layer.send_confirmable(PEER, mid, header(0, 65, mid, b"t"), 0.0)
     now = 0.0
     for _ in range(50):
         now += 10.0
