@@ -11,13 +11,20 @@ At most `max_flushes` writes are in flight (later batches queue, bounded by the
 caller's max-pending check). When a write
 returns, every event's result is handed to its waiter, so each request is judged by
 its own events only.
+
+A write starts eagerly, inside the call that closed its batch (what Python 3.12 calls
+an eager task): a sink whose write finishes without waiting (the null sink; a store
+that fails fast while it is down) then costs no task and no loop iteration, and its
+answers leave with the same burst. Only a write that really waits becomes a task.
+The owner may also close an idle batch itself (`close_idle`) at the end of a burst of
+`add` calls, instead of one loop iteration later.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
 
 from collector.events import Event
@@ -81,6 +88,7 @@ class BatchDriver:
         self._delay = batch_ms / 1000.0
         self._max_flushes = max_flushes
         self._timer: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: deque[list[Item]] = deque()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._on_flushed = on_flushed
@@ -89,14 +97,15 @@ class BatchDriver:
         self._idle.set()
 
     def add(self, event: Event, owner: Any, position: int) -> None:
+        if not self.pending:
+            self._idle.clear()
         self.pending += 1
-        self._idle.clear()
         batch = self._batcher.feed((event, owner, position))
         if batch is not None:
             self._cancel_timer()
             self._submit(batch)
         elif self._timer is None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop or self._get_loop()
             if self._in_flight:
                 self._timer = loop.call_later(self._delay, self._on_timer)
             else:
@@ -109,9 +118,20 @@ class BatchDriver:
         if batch is not None:
             self._submit(batch)
 
+    def close_idle(self) -> None:
+        """Close the open batch now if the store is idle (what the end of this loop
+        iteration would do): for an owner that has just fed a burst."""
+        if not self._in_flight and len(self._batcher):
+            self.flush()
+
     async def wait_idle(self) -> None:
         """Return when every event fed so far has its result."""
         await self._idle.wait()
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        # Cached: asyncio.get_running_loop() costs a getpid() system call in 3.11.
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -130,19 +150,29 @@ class BatchDriver:
         if len(self._in_flight) >= self._max_flushes:
             self._queued.append(batch)
             return
-        task = asyncio.get_running_loop().create_task(self._write(batch))
+        coro = self._write(batch)
+        try:
+            waiting = coro.send(None)  # eager start: run until the first real wait
+        except StopIteration:
+            self._next()  # finished without waiting
+            return
+        loop = self._loop or self._get_loop()
+        task = loop.create_task(_finish(coro, waiting))
         self._in_flight.add(task)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._next()
+
+    def _next(self) -> None:
         if self._queued:
             self._submit(self._queued.popleft())
         elif not self._in_flight and self._timer is not None:
             self._on_timer()  # the store is idle: don't wait out batch_ms
 
     async def _write(self, batch: list[Item]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or self._get_loop()
         started = loop.time()
         events: Sequence[Event] = [item[0] for item in batch]
         try:
@@ -162,3 +192,29 @@ class BatchDriver:
             on_result(owner, position, result)
         if self.pending == 0:
             self._idle.set()
+
+
+async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Run to its end a coroutine that was started by hand and is suspended on
+    `waiting` (a future, or None for a bare yield such as `asyncio.sleep(0)`).
+
+    The coroutine reads the future's outcome itself when resumed (that is how
+    `await future` works), so this only waits for it; a cancellation of this task
+    cancels the future, which the coroutine then sees as CancelledError.
+    """
+    while True:
+        if waiting is None:
+            await asyncio.sleep(0)
+        else:
+            # What a Task does with a yielded future: take over the wait. The flag
+            # the coroutine's `await` set says "a future was yielded"; left set, the
+            # future refuses a second `await`.
+            waiting._asyncio_future_blocking = False
+            try:
+                await waiting
+            except BaseException:  # the outcome reaches `coro` through send() below
+                pass
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return

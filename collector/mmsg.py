@@ -52,8 +52,11 @@ DEFAULT_SLOTS = 64
 DEFAULT_SLOT_SIZE = 2048
 DEFAULT_CACHE_SIZE = 16384  # peers per conversion cache before it is cleared
 
-_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
-_MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
+# Plain ints: the socket module's constants are IntFlag members, and `|` on those
+# runs enum code in Python on every call.
+_MSG_DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0x40))
+_MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0x20))
+_RECV_FLAGS = _MSG_DONTWAIT | _MSG_TRUNC
 _RETRY_LATER = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 _FATAL = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EFAULT})
 _SOCKADDR_LEN = {socket.AF_INET: 16, socket.AF_INET6: 28}
@@ -313,9 +316,7 @@ class DatagramBatch:
         """
         if self.oversized:
             self.oversized = []
-        count = self._recvmmsg(
-            self.sock.fileno(), self._rhdr_addr, self.slots, _MSG_DONTWAIT | _MSG_TRUNC, None
-        )
+        count = self._recvmmsg(self.sock.fileno(), self._rhdr_addr, self.slots, _RECV_FLAGS, None)
         if count <= 0:
             if count == 0:
                 return []

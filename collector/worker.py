@@ -21,6 +21,8 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 import uvloop
 
@@ -72,6 +74,38 @@ _EVENT_FORMATS = frozenset(int(f) for f in resources.EVENT_FORMATS)
 _SENML_FORMATS = frozenset((int(coap.ContentFormat.SENML_JSON), int(coap.ContentFormat.SENML_CBOR)))
 _URI_QUERY = int(coap.OptionNumber.URI_QUERY)
 _CODE_LABELS: dict[int, str] = {}
+_POST_KEYS: dict[int, tuple[str, str, str]] = {}  # response code -> requests metric key
+_POST_BYTE = bytes((int(coap.Code.POST),))
+_MAX_MESSAGE = coap.DEFAULT_MAX_MESSAGE_SIZE
+_SOURCE_CACHE = 16384  # peers whose "host:port" is kept (cleared when full)
+_STORED, _DUPLICATE, _REJECTED = Outcome.STORED, Outcome.DUPLICATE, Outcome.REJECTED
+_SLOW: Any = object()
+
+
+def _fast_posts() -> dict[bytes, int | None]:
+    """The options of a plain event POST as they appear on the wire, between the
+    token and the payload marker -> its Content-Format (None: absent).
+
+    A datagram whose bytes from the token to the first 0xFF are one of these keys is
+    exactly that POST: no key contains 0xFF, and after a complete option sequence a
+    0xFF byte can only be the payload marker (RFC 7252 §3.1). So the fast path reads
+    it without the decoder, and every other datagram takes the decoder.
+    """
+    table: dict[bytes, int | None] = {}
+    for segments, (name, _method) in resources.ROUTES.items():
+        if name is not resources.EVENTS:
+            continue
+        path = tuple((int(coap.OptionNumber.URI_PATH), s.encode()) for s in segments)
+        for fmt in (None, *sorted(_EVENT_FORMATS)):
+            cf = () if fmt is None else ((_CONTENT_FORMAT, coap.encode_uint(fmt)),)
+            wire = coap.encode(coap.Message(coap.Type.CON, coap.Code.POST, 0, b"", path + cf, b"x"))
+            key = wire[4:-2]  # between the header and the marker
+            assert b"\xff" not in key
+            table[key] = fmt
+    return table
+
+
+_FAST_POSTS = _fast_posts()
 
 
 def _code_label(code: int) -> str:
@@ -113,6 +147,8 @@ class Worker:
             else None
         )
         self._outbox: list[tuple[bytes, Peer]] = []
+        self._sources: dict[Peer, str] = {}  # peer -> "host:port", the events' source
+        self._in_burst = False  # in a read burst, which flushes the outbox at its end
         self._blocks = Reassembly(self.limits.max_body)
         self.exchange = ExchangeLayer(
             self._send, capacity=config.dedup_capacity, ack_delay=config.ack_delay
@@ -130,6 +166,7 @@ class Worker:
         self._with_metrics = metrics
         self._metrics: PrometheusMetrics | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._now: Callable[[], float] = time.monotonic  # the loop's clock, once running
         self._stop: asyncio.Event | None = None
         self._access = log.info if config.access_log else None
 
@@ -142,6 +179,7 @@ class Worker:
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT (or `stop()`), then drain. Returns the exit code."""
         loop = self._loop = asyncio.get_running_loop()
+        self._now = loop.time
         self._stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -242,7 +280,7 @@ class Worker:
             except OSError:  # full send buffer or unreachable peer: UDP, the peer retries
                 pass
             return
-        if not self._outbox and self._loop is not None:
+        if not self._outbox and not self._in_burst and self._loop is not None:
             self._loop.call_soon(self._flush_outbox)
         self._outbox.append((data, peer))
 
@@ -281,6 +319,7 @@ class Worker:
         now = self._loop.time()
         wall_ms = int(time.time() * 1000)
         taken = 0
+        self._in_burst = True
         while taken < READ_BURST:
             try:
                 got = batch.recv()
@@ -300,6 +339,8 @@ class Worker:
             if received < batch.slots:  # the queue is empty: no EAGAIN call needed
                 break
             taken += received
+        self.driver.close_idle()
+        self._in_burst = False
         self._flush_outbox()
 
     def _handle(
@@ -308,6 +349,35 @@ class Worker:
         """One datagram. `oversized` > 0: only its first bytes are in `data` (a receive
         slot's worth) and it is that long: it gets 4.13 from its header and options,
         or RST when even those did not fit."""
+        n = len(data)
+        if data[1:2] == _POST_BYTE and n <= _MAX_MESSAGE and not oversized:
+            # Fast path for what devices send most: a CON or NON POST whose options
+            # are exactly those of an event route (see `_fast_posts`). Anything else,
+            # including every malformed datagram, takes the full decoder below.
+            first = data[0]
+            if first & 0xE0 == 0x40 and first & 0x0F <= 8:
+                start = 4 + (first & 0x0F)
+                marker = data.find(b"\xff", start)
+                if 0 < marker < n - 1:
+                    fmt = _FAST_POSTS.get(data[start:marker], _SLOW)
+                    if fmt is not _SLOW:
+                        mid = (data[2] << 8) | data[3]
+                        if self.exchange.duplicate(peer, mid, n):
+                            self.stats.duplicates += 1
+                            return
+                        self._post_events(
+                            (first >> 4) & 3,
+                            mid,
+                            data[4:start],
+                            fmt,
+                            data[marker + 1 :],
+                            peer,
+                            n,
+                            now,
+                            wall_ms,
+                            None,
+                        )
+                        return
         try:
             msg = decode(data)
         except MessageFormatError as exc:
@@ -328,7 +398,7 @@ class Worker:
             if mtype == _CON:
                 self._send(empty(_RST, msg.mid), peer)
             return
-        size = oversized or len(data)
+        size = oversized or n
         if self.exchange.duplicate(peer, msg.mid, size):
             self.stats.duplicates += 1
             return
@@ -363,7 +433,18 @@ class Worker:
             )
             return
         if name is resources.EVENTS:
-            self._post_events(msg, peer, size, now, wall_ms)
+            self._post_events(
+                msg.type,
+                msg.mid,
+                msg.token,
+                msg.content_format,
+                msg.payload,
+                peer,
+                size,
+                now,
+                wall_ms,
+                msg,
+            )
         elif name is resources.HEALTH:
             healthy = self.store_up and not self.stopping
             budget = size - (4 + len(msg.token) + 3 + 1)  # header, token, CF option, marker
@@ -404,12 +485,25 @@ class Worker:
         return any(n in (_PROXY_URI, _PROXY_SCHEME) for n, _v in msg.options)
 
     def _post_events(
-        self, msg: coap.Message, peer: Peer, size: int, now: float, wall_ms: int
+        self,
+        mtype: int,
+        mid: int,
+        token: bytes,
+        fmt: int | None,
+        payload: bytes,
+        peer: Peer,
+        size: int,
+        now: float,
+        wall_ms: int,
+        msg: coap.Message | None,
     ) -> None:
-        fmt = msg.content_format
+        """POST /events. `msg` is the decoded request, or None from the fast path
+        (whose options are only Uri-Path and Content-Format)."""
         if fmt is not None and fmt not in _EVENT_FORMATS:
-            self._reply(
-                msg,
+            self._answer(
+                mtype,
+                mid,
+                token,
                 peer,
                 size,
                 now,
@@ -417,11 +511,11 @@ class Worker:
                 f"content format {fmt} not supported; use 50, 60, 110 or 112",
             )
             return
-        payload = msg.payload
         max_body = self.limits.max_body
         options: tuple[tuple[int, bytes], ...] = ()
-        block1 = msg.option(_BLOCK1)
+        block1 = msg.option(_BLOCK1) if msg is not None else None
         if block1 is not None:  # RFC 7959 §2.5: a body in blocks, answered 2.31 until the last
+            assert msg is not None
             try:
                 block = coap.Block.decode(block1)
                 assembled = self._blocks.feed((peer, msg.uri_path), block, payload, fmt, now)
@@ -429,26 +523,41 @@ class Worker:
                 code = getattr(exc, "code", None) or coap.Code.BAD_REQUEST
                 size1 = ((_SIZE1, coap.encode_uint(max_body)),)
                 extra = size1 if code == coap.Code.REQUEST_ENTITY_TOO_LARGE else ()
-                self._reply(msg, peer, size, now, code, str(exc), options=extra)
+                self._answer(mtype, mid, token, peer, size, now, code, str(exc), options=extra)
                 return
             options = ((_BLOCK1, block1),)
             if assembled is None:
-                self._reply(msg, peer, size, now, _CONTINUE, options=options)
+                self._answer(mtype, mid, token, peer, size, now, _CONTINUE, options=options)
                 return
             payload, fmt = assembled
         if len(payload) > max_body:
-            self._too_large(msg, peer, size, now)
+            self._answer(
+                mtype,
+                mid,
+                token,
+                peer,
+                size,
+                now,
+                coap.Code.REQUEST_ENTITY_TOO_LARGE,
+                f"body over {max_body} bytes",
+                options=((_SIZE1, coap.encode_uint(max_body)),),
+            )
             return
+        source = self._sources.get(peer)
+        if source is None:
+            if len(self._sources) >= _SOURCE_CACHE:
+                self._sources.clear()
+            source = self._sources[peer] = _source(peer)
         try:
-            if fmt in _SENML_FORMATS:  # SenML has no sender: `?sender=` and `?namespace=`
+            if fmt in _SENML_FORMATS and msg is not None:  # SenML has no sender: `?sender=`
                 sender, namespace = _senml_defaults(msg)
             else:
                 sender, namespace = "senml", "default"
             events = decode_events(
                 payload,
                 fmt,
-                source=_source(peer),
-                mid=msg.mid,
+                source=source,
+                mid=mid,
                 received_ms=wall_ms,
                 worker=self.index,
                 limits=self.limits,
@@ -456,15 +565,17 @@ class Worker:
                 default_namespace=namespace,
             )
         except EventError as exc:
-            self._reply(msg, peer, size, now, exc.code, str(exc))
+            self._answer(mtype, mid, token, peer, size, now, exc.code, str(exc))
             return
         driver = self.driver
         # Over max-pending: 5.03 at once. A request larger than max-pending itself is
         # still taken when nothing waits, or it could never be accepted.
         if driver.pending and driver.pending + len(events) > self.config.max_pending:
             self.stats.overloaded += 1
-            self._reply(
-                msg,
+            self._answer(
+                mtype,
+                mid,
+                token,
                 peer,
                 size,
                 now,
@@ -473,12 +584,12 @@ class Worker:
                 options=((_MAX_AGE, coap.encode_uint(MAX_AGE_OVERLOADED)),),
             )
             return
-        request = Request(peer, msg.mid, msg.token, msg.type, size, now)
+        request = Request(peer, mid, token, mtype, size, now)
         request.remaining = len(events)
         request.options = options
         exchange = self.exchange
-        exchange.remember(request.key, now, size, request)
-        if msg.type == _CON:
+        request.entry = exchange.remember(request.key, now, size, request)
+        if mtype == _CON:
             exchange.track(request)
         add = driver.add
         for position, event in enumerate(events):
@@ -487,11 +598,11 @@ class Worker:
     def _on_result(self, request: Request, position: int, result: Result) -> None:
         outcome = result.outcome
         stats = self.stats
-        if outcome is Outcome.STORED:
+        if outcome is _STORED:
             stats.events_stored += 1
-        elif outcome is Outcome.DUPLICATE:
+        elif outcome is _DUPLICATE:
             stats.events_duplicate += 1
-        elif outcome is Outcome.REJECTED:
+        elif outcome is _REJECTED:
             stats.events_rejected += 1
             if not request.rejection:
                 request.rejection = (
@@ -506,8 +617,7 @@ class Worker:
             self._complete(request)
 
     def _complete(self, request: Request) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
+        now = self._now()
         options = request.options  # Block1, echoed on the last block's answer
         if request.rejection:
             code, diagnostic = int(coap.Code.BAD_REQUEST), request.rejection
@@ -529,14 +639,20 @@ class Worker:
             data = build_response(
                 rtype, mid, token, code, options=options, diagnostic=diagnostic, limit=request.size
             )
+        entry = request.entry
         if request.separate:
             self.exchange.send_confirmable(peer, mid, data, now)
-            self.exchange.answered(request.key, empty(_ACK, request.mid))
+            if entry is not None:
+                entry[2] = empty(_ACK, request.mid)
         else:
             self._send(data, peer)
-            self.exchange.answered(request.key, data)
+            if entry is not None:
+                entry[2] = data
         stats = self.stats
-        stats.requests["POST", "/events", _code_label(code)] += 1
+        key = _POST_KEYS.get(code)
+        if key is None:
+            key = _POST_KEYS[code] = ("POST", "/events", _code_label(code))
+        stats.requests[key] += 1
         stats.latency.observe(now - request.received)
         if self._access is not None:
             self._access(
@@ -557,15 +673,52 @@ class Worker:
         payload: bytes = b"",
         limit: int | None = -1,
     ) -> None:
-        """Answer at once (no store involved): piggybacked for CON, NON for NON."""
-        if msg.type == _CON:
-            rtype, mid = _ACK, msg.mid
+        """Answer a decoded request at once (no store involved)."""
+        self._answer(
+            msg.type,
+            msg.mid,
+            msg.token,
+            peer,
+            size,
+            now,
+            code,
+            diagnostic,
+            options=options,
+            payload=payload,
+            limit=limit,
+            label=(
+                resources.METHOD_LABELS.get(msg.code, "other"),
+                resources.PATH_LABELS.get(msg.uri_path, "other"),
+            ),
+        )
+
+    def _answer(
+        self,
+        mtype: int,
+        request_mid: int,
+        token: bytes,
+        peer: Peer,
+        size: int,
+        now: float,
+        code: int,
+        diagnostic: str = "",
+        *,
+        options: tuple[tuple[int, bytes], ...] = (),
+        payload: bytes = b"",
+        limit: int | None = -1,
+        label: tuple[str, str] = ("POST", "/events"),
+    ) -> None:
+        """Answer at once (no store involved): piggybacked for CON, NON for NON.
+
+        `label` is the request's (method, path) for the requests metric."""
+        if mtype == _CON:
+            rtype, mid = _ACK, request_mid
         else:
             rtype, mid = _NON, self.exchange.next_mid()
         data = build_response(
             rtype,
             mid,
-            msg.token,
+            token,
             code,
             options=options,
             payload=payload,
@@ -573,18 +726,14 @@ class Worker:
             limit=size if limit == -1 else limit,
         )
         self._send(data, peer)
-        self.exchange.remember((peer, msg.mid), now, size, data)
+        self.exchange.remember((peer, request_mid), now, size, data)
         stats = self.stats
-        stats.requests[
-            resources.METHOD_LABELS.get(msg.code, "other"),
-            resources.PATH_LABELS.get(msg.uri_path, "other"),
-            _code_label(code),
-        ] += 1
+        stats.requests[(*label, _code_label(code))] += 1
         stats.latency.observe(0.0)
         if self._access is not None:
             self._access(
                 "request",
-                extra={"peer": _source(peer), "mid": msg.mid, "code": _code_label(code)},
+                extra={"peer": _source(peer), "mid": request_mid, "code": _code_label(code)},
             )
 
     def _on_flushed(self, count: int, seconds: float) -> None:

@@ -145,3 +145,85 @@ def test_a_sink_that_raises_fails_its_events_instead_of_hanging() -> None:
     got = asyncio.run(scenario())
     assert [r.outcome for r in got] == [Outcome.FAILED, Outcome.FAILED]
     assert "RuntimeError" in got[0].reason
+
+
+def test_a_write_that_finishes_at_once_answers_inside_close_idle() -> None:
+    """Eager start: the null sink's write never waits, so its results are delivered
+    in the call that closed the batch, with no task and no loop iteration."""
+
+    async def scenario() -> None:
+        got: list[tuple[object, int]] = []
+        driver = BatchDriver(
+            NullSink(), lambda o, p, r: got.append((o, p)), batch_max=10, batch_ms=5, max_flushes=1
+        )
+        driver.add(_event(1), "a", 0)
+        driver.add(_event(2), "b", 0)
+        assert got == []  # the batch is open until the burst ends
+        driver.close_idle()
+        assert got == [("a", 0), ("b", 0)]
+        assert driver.pending == 0
+        assert not driver._in_flight
+        await asyncio.wait_for(driver.wait_idle(), 0.1)
+        driver.close_idle()  # nothing open: nothing written
+        assert got == [("a", 0), ("b", 0)]
+
+    asyncio.run(scenario())
+
+
+def test_a_write_that_waits_finishes_as_a_task_with_its_future_outcome() -> None:
+    """A write suspended on a future becomes a task; the future's result, or its
+    exception, reaches the sink's coroutine as if it had been a task from the start."""
+
+    class Gated(NullSink):
+        def __init__(self) -> None:
+            self.gates: list[asyncio.Future[int]] = []
+
+        async def write(self, events: Sequence[Event]) -> list[Result]:
+            gate = asyncio.get_running_loop().create_future()
+            self.gates.append(gate)
+            value = await gate  # raises when the gate is failed
+            return [Result(Outcome.REJECTED, f"gate {value}")] * len(events)
+
+    async def scenario() -> list[Result]:
+        sink = Gated()
+        got: list[Result] = []
+        driver = BatchDriver(
+            sink, lambda o, p, r: got.append(r), batch_max=1, batch_ms=5, max_flushes=2
+        )
+        driver.add(_event(1), None, 0)
+        driver.add(_event(2), None, 0)
+        assert len(sink.gates) == 2 and len(driver._in_flight) == 2 and got == []
+        sink.gates[0].set_result(7)
+        sink.gates[1].set_exception(RuntimeError("store fell over"))
+        await asyncio.wait_for(driver.wait_idle(), 1.0)
+        return got
+
+    got = asyncio.run(scenario())
+    assert [r.outcome for r in got] == [Outcome.REJECTED, Outcome.FAILED]
+    assert got[0].reason == "gate 7"
+    assert "RuntimeError" in got[1].reason
+
+
+def test_cancelling_a_waiting_write_cancels_the_sink_coroutine() -> None:
+    cancelled: list[bool] = []
+
+    class Hung(NullSink):
+        async def write(self, events: Sequence[Event]) -> list[Result]:
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+            return []
+
+    async def scenario() -> None:
+        driver = BatchDriver(Hung(), lambda *a: None, batch_max=1, batch_ms=5, max_flushes=1)
+        driver.add(_event(1), None, 0)
+        (task,) = driver._in_flight
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert cancelled == [True]
