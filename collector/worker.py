@@ -75,7 +75,7 @@ _SENML_FORMATS = frozenset((int(coap.ContentFormat.SENML_JSON), int(coap.Content
 _URI_QUERY = int(coap.OptionNumber.URI_QUERY)
 _CODE_LABELS: dict[int, str] = {}
 _POST_KEYS: dict[int, tuple[str, str, str]] = {}  # response code -> requests metric key
-_POST_BYTE = bytes((int(coap.Code.POST),))
+_POST = int(coap.Code.POST)
 _MAX_MESSAGE = coap.DEFAULT_MAX_MESSAGE_SIZE
 _SOURCE_CACHE = 16384  # peers whose "host:port" is kept (cleared when full)
 _STORED, _DUPLICATE, _REJECTED = Outcome.STORED, Outcome.DUPLICATE, Outcome.REJECTED
@@ -320,28 +320,35 @@ class Worker:
         wall_ms = int(time.time() * 1000)
         taken = 0
         self._in_burst = True
-        while taken < READ_BURST:
+        try:
+            while taken < READ_BURST:
+                try:
+                    got = batch.recv()
+                except OSError:
+                    break
+                for data, peer in got:
+                    try:
+                        handle(data, peer, now, wall_ms)
+                    except Exception:  # a bug must cost one datagram, never the worker
+                        log.exception("datagram handling failed", extra={"worker": self.index})
+                for head, peer, size in batch.oversized:
+                    try:
+                        handle(head, peer, now, wall_ms, size)
+                    except Exception:
+                        log.exception("datagram handling failed", extra={"worker": self.index})
+                received = len(got) + len(batch.oversized)
+                if received < batch.slots:  # the queue is empty: no EAGAIN call needed
+                    break
+                taken += received
+            # The burst's events go to the store now; a write that needs no wait
+            # (the null sink) answers them before the outbox leaves below.
             try:
-                got = batch.recv()
-            except OSError:
-                break
-            for data, peer in got:
-                try:
-                    handle(data, peer, now, wall_ms)
-                except Exception:  # a bug must cost one datagram, never the worker
-                    log.exception("datagram handling failed", extra={"worker": self.index})
-            for head, peer, size in batch.oversized:
-                try:
-                    handle(head, peer, now, wall_ms, size)
-                except Exception:
-                    log.exception("datagram handling failed", extra={"worker": self.index})
-            received = len(got) + len(batch.oversized)
-            if received < batch.slots:  # the queue is empty: no EAGAIN call needed
-                break
-            taken += received
-        self.driver.close_idle()
-        self._in_burst = False
-        self._flush_outbox()
+                self.driver.close_idle()
+            except Exception:  # answering is guarded like handling: log, keep serving
+                log.exception("answering a batch failed", extra={"worker": self.index})
+        finally:
+            self._in_burst = False
+            self._flush_outbox()
 
     def _handle(
         self, data: bytes, peer: Peer, now: float, wall_ms: int, oversized: int = 0
@@ -350,7 +357,7 @@ class Worker:
         slot's worth) and it is that long: it gets 4.13 from its header and options,
         or RST when even those did not fit."""
         n = len(data)
-        if data[1:2] == _POST_BYTE and n <= _MAX_MESSAGE and not oversized:
+        if 4 < n <= _MAX_MESSAGE and data[1] == _POST and not oversized:
             # Fast path for what devices send most: a CON or NON POST whose options
             # are exactly those of an event route (see `_fast_posts`). Anything else,
             # including every malformed datagram, takes the full decoder below.
