@@ -98,7 +98,6 @@ class Request:
 
     __slots__ = (
         "deadline",
-        "entry",
         "failure",
         "key",
         "mid",
@@ -123,7 +122,6 @@ class Request:
         self.size = size  # request datagram length: the response's size limit
         self.received = received
         self.key = (peer, mid)
-        self.entry: list[Any] | None = None  # its dedup entry, once remembered
         self.remaining = 0
         self.deadline = 0.0  # when an empty ACK is due, if still unanswered
         self.options: tuple[tuple[int, bytes], ...] = ()  # echoed in the final response
@@ -158,11 +156,13 @@ class ExchangeLayer:
         self.capacity = capacity
         self.ack_delay = ack_delay
         self.lifetime = lifetime
-        # key -> [arrival time, request datagram length, Request | response bytes]
-        # (a list, so that answering replaces the state in place, without a lookup).
+        # key -> (arrival time, request datagram length, Request | response bytes)
+        # Tuples, not lists: once answered, an entry holds only atomic values, so the
+        # cyclic GC untracks it at its first pass and never walks it again; the
+        # table holds up to `capacity` of them for minutes (see worker.serve_forever).
         # An OrderedDict, not a dict: removing a plain dict's first key leaves a dummy
         # that every later `next(iter(...))` scans past, O(n) per eviction once full.
-        self.seen: OrderedDict[tuple[Peer, int], list[Any]] = OrderedDict()
+        self.seen: OrderedDict[tuple[Peer, int], tuple[float, int, Request | bytes]] = OrderedDict()
         self._waiting: list[Request] = []  # CON requests in arrival order, for ack-delay
         self._waiting_head = 0
         self._outgoing: dict[tuple[Peer, int], Retransmission] = {}
@@ -191,19 +191,18 @@ class ExchangeLayer:
 
     def remember(
         self, key: tuple[Peer, int], now: float, size: int, state: Request | bytes
-    ) -> list[Any]:
-        """Remember an exchange; returns its entry, whose item 2 `answered` replaces."""
+    ) -> None:
         seen = self.seen
         if len(seen) >= self.capacity and key not in seen:
             seen.popitem(last=False)  # the oldest exchange is forgotten first
-        entry = seen[key] = [now, size, state]
-        return entry
+        seen[key] = (now, size, state)
 
     def answered(self, key: tuple[Peer, int], data: bytes) -> None:
         """Replace an in-progress entry by its response bytes (keeps arrival order)."""
-        entry = self.seen.get(key)
+        seen = self.seen
+        entry = seen.get(key)
         if entry is not None:
-            entry[2] = data
+            seen[key] = (entry[0], entry[1], data)
 
     def track(self, request: Request) -> None:
         """Watch a CON request for the ack-delay deadline."""

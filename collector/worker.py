@@ -595,7 +595,7 @@ class Worker:
         request.remaining = len(events)
         request.options = options
         exchange = self.exchange
-        request.entry = exchange.remember(request.key, now, size, request)
+        exchange.remember(request.key, now, size, request)
         if mtype == _CON:
             exchange.track(request)
         add = driver.add
@@ -646,15 +646,12 @@ class Worker:
             data = build_response(
                 rtype, mid, token, code, options=options, diagnostic=diagnostic, limit=request.size
             )
-        entry = request.entry
         if request.separate:
             self.exchange.send_confirmable(peer, mid, data, now)
-            if entry is not None:
-                entry[2] = empty(_ACK, request.mid)
+            self.exchange.answered(request.key, empty(_ACK, request.mid))
         else:
             self._send(data, peer)
-            if entry is not None:
-                entry[2] = data
+            self.exchange.answered(request.key, data)
         stats = self.stats
         key = _POST_KEYS.get(code)
         if key is None:
