@@ -65,8 +65,10 @@ class Batcher(Generic[T]):
 
 # An item is (event, owner, position): the driver tells `on_result(owner, position,
 # result)` when the event's batch is written; `owner` is opaque (the worker's request).
+# An owner may instead take a whole batch at once: `on_results(items, results)`.
 Item = tuple[Event, Any, int]
 OnResult = Callable[[Any, int, Result], None]
+OnResults = Callable[[list[Item], list[Result]], None]
 
 
 class BatchDriver:
@@ -75,15 +77,19 @@ class BatchDriver:
     def __init__(
         self,
         sink: Sink,
-        on_result: OnResult,
+        on_result: OnResult | None,
         *,
+        on_results: OnResults | None = None,
         batch_max: int,
         batch_ms: float,
         max_flushes: int,
         on_flushed: Callable[[int, float], None] | None = None,
     ) -> None:
+        if (on_result is None) == (on_results is None):
+            raise ValueError("give exactly one of on_result and on_results")
         self._sink = sink
         self._on_result = on_result
+        self._on_results = on_results
         self._batcher: Batcher[Item] = Batcher(batch_max)
         self._delay = batch_ms / 1000.0
         self._max_flushes = max_flushes
@@ -187,11 +193,17 @@ class BatchDriver:
         if self._on_flushed is not None:
             self._on_flushed(len(batch), loop.time() - started)
         self.pending -= len(batch)
-        on_result = self._on_result
-        for (_event, owner, position), result in zip(batch, results, strict=True):
-            on_result(owner, position, result)
-        if self.pending == 0:
-            self._idle.set()
+        try:
+            if self._on_results is not None:
+                self._on_results(batch, results)
+            else:
+                on_result = self._on_result
+                assert on_result is not None
+                for (_event, owner, position), result in zip(batch, results, strict=True):
+                    on_result(owner, position, result)
+        finally:
+            if self.pending == 0:
+                self._idle.set()
 
 
 async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:

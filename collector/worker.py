@@ -29,7 +29,7 @@ import uvloop
 import coap
 from coap import MessageFormatError, decode
 from collector import mmsg, resources
-from collector.batching import BatchDriver
+from collector.batching import BatchDriver, Item
 from collector.blockwise import BlockError, Reassembly
 from collector.config import Config
 from collector.events import DEFAULT_LIMITS, EventError, InvalidEvent, Limits, decode_events
@@ -45,6 +45,7 @@ from collector.exchange import (
 )
 from collector.metrics import PrometheusMetrics, WorkerStats
 from collector.sinks import Outcome, Result, StoreUnavailable, make_sink
+from collector.sinks.base import STORED
 from collector.status import DRAINING, SERVING, STOPPED, STORE_DOWN, StatusBoard
 
 log = logging.getLogger("collector.worker")
@@ -79,6 +80,7 @@ _POST = int(coap.Code.POST)
 _MAX_MESSAGE = coap.DEFAULT_MAX_MESSAGE_SIZE
 _SOURCE_CACHE = 16384  # peers whose "host:port" is kept (cleared when full)
 _STORED, _DUPLICATE, _REJECTED = Outcome.STORED, Outcome.DUPLICATE, Outcome.REJECTED
+_POST_CREATED = ("POST", "/events", "2.01")
 _SLOW: Any = object()
 
 
@@ -155,7 +157,8 @@ class Worker:
         )
         self.driver = BatchDriver(
             self.sink,
-            self._on_result,
+            None,
+            on_results=self._on_results,
             batch_max=config.batch_max,
             batch_ms=config.batch_ms,
             max_flushes=config.max_flushes,
@@ -602,7 +605,22 @@ class Worker:
         for position, event in enumerate(events):
             add(event, request, position)
 
-    def _on_result(self, request: Request, position: int, result: Result) -> None:
+    def _on_results(self, batch: list[Item], results: list[Result]) -> None:
+        """A written batch: count its outcomes and answer every request it completes."""
+        now = self._now()
+        stored = 0
+        for (_event, request, position), result in zip(batch, results, strict=True):
+            if result is STORED:  # what sinks return for a new document
+                stored += 1
+            else:
+                self._judge(request, position, result)
+            request.remaining -= 1
+            if request.remaining == 0:
+                self._complete(request, now)
+        self.stats.events_stored += stored
+
+    def _judge(self, request: Request, position: int, result: Result) -> None:
+        """Count an outcome other than the shared STORED, and note why it failed."""
         outcome = result.outcome
         stats = self.stats
         if outcome is _STORED:
@@ -619,12 +637,29 @@ class Worker:
             stats.events_failed += 1
             if not request.failure:
                 request.failure = result.reason or "store unavailable"
-        request.remaining -= 1
-        if request.remaining == 0:
-            self._complete(request)
 
-    def _complete(self, request: Request) -> None:
-        now = self._now()
+    def _complete(self, request: Request, now: float) -> None:
+        peer, token, options = request.peer, request.token, request.options
+        if request.rejection or request.failure or options or request.separate:
+            self._complete_other(request, now)
+            return
+        # The common answer: 2.01, piggybacked on the ACK of a CON or as a NON.
+        if request.type == _CON:
+            rtype, mid = _ACK, request.mid
+        else:
+            rtype, mid = _NON, self.exchange.next_mid()
+        data = header(rtype, _CREATED, mid, token)
+        self._send(data, peer)
+        self.exchange.answered(request.key, data)
+        self.stats.requests[_POST_CREATED] += 1
+        self.stats.latency.observe(now - request.received)
+        if self._access is not None:
+            self._access(
+                "request", extra={"peer": _source(peer), "mid": request.mid, "code": "2.01"}
+            )
+
+    def _complete_other(self, request: Request, now: float) -> None:
+        """Any other final answer: 4.00, 5.03, a Block1 echo, or a separate response."""
         options = request.options  # Block1, echoed on the last block's answer
         if request.rejection:
             code, diagnostic = int(coap.Code.BAD_REQUEST), request.rejection

@@ -227,3 +227,38 @@ def test_cancelling_a_waiting_write_cancels_the_sink_coroutine() -> None:
 
     asyncio.run(scenario())
     assert cancelled == [True]
+
+
+def test_on_results_takes_each_written_batch_whole() -> None:
+    async def scenario() -> list[tuple[list[object], list[Result]]]:
+        got: list[tuple[list[object], list[Result]]] = []
+        driver = BatchDriver(
+            NullSink(),
+            None,
+            on_results=lambda items, results: got.append(([o for _e, o, _p in items], results)),
+            batch_max=2,
+            batch_ms=5,
+            max_flushes=1,
+        )
+        for owner in "abc":
+            driver.add(_event(1), owner, 0)
+        driver.close_idle()
+        await asyncio.wait_for(driver.wait_idle(), 1.0)
+        return got
+
+    got = asyncio.run(scenario())
+    assert got == [(["a", "b"], [STORED, STORED]), (["c"], [STORED])]
+
+
+def test_the_driver_needs_exactly_one_result_callback() -> None:
+    with pytest.raises(ValueError):
+        BatchDriver(NullSink(), None, batch_max=1, batch_ms=1, max_flushes=1)
+    with pytest.raises(ValueError):
+        BatchDriver(
+            NullSink(),
+            lambda *a: None,
+            on_results=lambda *a: None,
+            batch_max=1,
+            batch_ms=1,
+            max_flushes=1,
+        )
