@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -44,18 +45,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StoppedEarly(Exception):
+    """SIGTERM/SIGINT before the supervisor took over the signals."""
+
+
+def _stop_early(signum: int, _frame: object) -> None:
+    raise _StoppedEarly(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command != "serve":
-        print("iot-collector: error: a command is required: serve (see --help)", file=sys.stderr)
-        return EXIT_USAGE
+    # Until the supervisor installs its own handlers (after the store check, which
+    # can take seconds against a slow Elasticsearch), a stop request ends start-up
+    # with one line and exit 0: nothing was accepted, so nothing is lost.
+    signal.signal(signal.SIGTERM, _stop_early)
+    signal.signal(signal.SIGINT, _stop_early)
     try:
-        config = build_config(args, os.environ)
-    except ConfigError as exc:
-        print(f"iot-collector: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return serve(config)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.command != "serve":
+            print(
+                "iot-collector: error: a command is required: serve (see --help)", file=sys.stderr
+            )
+            return EXIT_USAGE
+        try:
+            config = build_config(args, os.environ)
+        except ConfigError as exc:
+            print(f"iot-collector: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return serve(config)
+    except _StoppedEarly as exc:
+        print(f"iot-collector: stopped by {exc} before serving", file=sys.stderr)
+        return 0
 
 
 def serve(config: Config) -> int:

@@ -11,6 +11,14 @@ Each POST's events go to the batch driver; when the last of them has its result,
 request is answered, piggybacked in the ACK if that is still possible, else as a
 separate CON response. The worker never logs per datagram and never dies of one: the
 codec raises only its format error, and everything after decoding is guarded.
+
+What a device sends most, a CON or NON POST to /events whose only options are
+Uri-Path and Content-Format, is read by a fast path that recognises those option
+bytes whole (`_fast_posts`) and skips the general decoder; tests prove it answers
+and stores exactly as the decoder path does. At the end of each read burst the
+burst's events go to the store at once when it is idle, and a write that does not
+wait (see `collector.batching`) is answered before the burst's outbox leaves: one
+wake-up, one recvmmsg, one sendmmsg.
 """
 
 from __future__ import annotations

@@ -619,3 +619,34 @@ def test_sqlite3_cli_reads_while_the_collector_writes(collector: Callable[..., C
         for loader in loaders:
             loader.join(10)
     assert counts == sorted(counts) and counts[-1] > 0, counts
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_the_store_check_ends_start_up_with_one_line(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Before the supervisor owns the signals (here: an Elasticsearch that accepts the
+    connection and never answers), SIGTERM/SIGINT end start-up cleanly: exit 0 and one
+    line, not death by signal (143) or a traceback."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(4)
+        hung.settimeout(20)
+        server = start_collector(
+            tmp_path,
+            wait=False,
+            sink="elasticsearch",
+            es_url=f"http://127.0.0.1:{hung.getsockname()[1]}",
+        )
+        try:
+            conn, _ = hung.accept()  # the store check is now waiting for an answer
+            with conn:
+                time.sleep(0.2)
+                server.proc.send_signal(sig)
+                code = server.proc.wait(10)
+        finally:
+            server.kill()
+    lines = server.stderr().strip().splitlines()
+    assert code == 0, server.stderr_tail()
+    assert lines[-1] == f"iot-collector: stopped by {sig.name} before serving"
+    assert "Traceback" not in server.stderr()
