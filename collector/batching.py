@@ -12,10 +12,12 @@ caller's max-pending check). When a write
 returns, every event's result is handed to its waiter, so each request is judged by
 its own events only.
 
-A write starts eagerly, inside the call that closed its batch (what Python 3.12 calls
-an eager task): a sink whose write finishes without waiting (the null sink; a store
-that fails fast while it is down) then costs no task and no loop iteration, and its
-answers leave with the same burst. Only a write that really waits becomes a task.
+For a sink that allows it (`Sink.eager`: null, sqlite), a write starts eagerly, inside
+the call that closed its batch (what Python 3.12 calls an eager task): a write that
+finishes without waiting (the null sink) then costs no task and no loop iteration, and
+its answers leave with the same burst; one that waits becomes a task from there.
+Other sinks' writes (Elasticsearch: its HTTP client's timeouts need a current task)
+are tasks from the start.
 The owner may also close an idle batch itself (`close_idle`) at the end of a burst of
 `add` calls, instead of one loop iteration later.
 """
@@ -88,6 +90,7 @@ class BatchDriver:
         if (on_result is None) == (on_results is None):
             raise ValueError("give exactly one of on_result and on_results")
         self._sink = sink
+        self._eager = bool(getattr(sink, "eager", False))
         self._on_result = on_result
         self._on_results = on_results
         self._batcher: Batcher[Item] = Batcher(batch_max)
@@ -157,13 +160,16 @@ class BatchDriver:
             self._queued.append(batch)
             return
         coro = self._write(batch)
-        try:
-            waiting = coro.send(None)  # eager start: run until the first real wait
-        except StopIteration:
-            self._next()  # finished without waiting
-            return
         loop = self._loop or self._get_loop()
-        task = loop.create_task(_finish(coro, waiting))
+        if self._eager:
+            try:
+                waiting = coro.send(None)  # eager start: run until the first real wait
+            except StopIteration:
+                self._next()  # finished without waiting
+                return
+            task = loop.create_task(_finish(coro, waiting))
+        else:
+            task = loop.create_task(coro)
         self._in_flight.add(task)
         task.add_done_callback(self._done)
 

@@ -56,6 +56,11 @@ class Sink(Protocol):
     cannot; `write` never raises for per-event problems: it returns one Result per
     event (FAILED for all when the store is down); `healthy` is a cheap probe used by
     GET /health and /readyz; `close` releases connections.
+
+    `eager` (optional, default False) says `write` may be started outside an asyncio
+    Task and run until its first wait right where the batch closes: it uses nothing
+    that needs a current task (`asyncio.timeout`, aiohttp's timeouts do). The batch
+    driver then saves a task per batch, and a write that never waits answers at once.
     """
 
     name: str

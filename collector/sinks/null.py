@@ -20,6 +20,7 @@ class NullSink:
     """A sink that reports every event stored and keeps nothing."""
 
     name = "null"
+    eager = True  # see Sink: no current task needed
 
     async def start(self) -> None:
         return None

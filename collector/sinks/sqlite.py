@@ -121,6 +121,7 @@ class SqliteSink:
     """
 
     name = "sqlite"
+    eager = True  # see Sink: no current task needed
 
     def __init__(
         self,

@@ -262,3 +262,34 @@ def test_the_driver_needs_exactly_one_result_callback() -> None:
             batch_ms=1,
             max_flushes=1,
         )
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_only_eager_sinks_start_outside_a_task(eager: bool) -> None:
+    """asyncio.timeout (like aiohttp's timeouts, which the Elasticsearch client uses)
+    needs a current task: a sink that does not declare `eager` gets one from the start."""
+
+    class Timed(NullSink):
+        async def write(self, events: Sequence[Event]) -> list[Result]:
+            async with asyncio.timeout(1):
+                await asyncio.sleep(0)
+            return [STORED] * len(events)
+
+    Timed.eager = eager  # type: ignore[attr-defined]
+
+    async def scenario() -> list[Result]:
+        got: list[Result] = []
+        driver = BatchDriver(
+            Timed(), lambda o, p, r: got.append(r), batch_max=1, batch_ms=1, max_flushes=1
+        )
+        # From a plain loop callback, as the worker's reader adds: no current task.
+        asyncio.get_running_loop().call_soon(driver.add, _event(1), None, 0)
+        await asyncio.sleep(0)
+        await asyncio.wait_for(driver.wait_idle(), 1.0)
+        return got
+
+    (result,) = asyncio.run(scenario())
+    if eager:  # started outside a task, as declared: the timeout refuses to work
+        assert result.outcome is Outcome.FAILED and "RuntimeError" in result.reason
+    else:
+        assert result is STORED
