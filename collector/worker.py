@@ -40,7 +40,14 @@ from collector import mmsg, resources
 from collector.batching import BatchDriver, Item
 from collector.blockwise import BlockError, Reassembly
 from collector.config import Config
-from collector.events import DEFAULT_LIMITS, EventError, InvalidEvent, Limits, decode_events
+from collector.events import (
+    DEFAULT_LIMITS,
+    EventError,
+    InvalidEvent,
+    Limits,
+    decode_events,
+    decode_json_events,
+)
 from collector.exchange import (
     MAX_AGE_OVERLOADED,
     MAX_AGE_STORE_DOWN,
@@ -82,6 +89,7 @@ _ACCEPT = int(coap.OptionNumber.ACCEPT)
 _EVENT_FORMATS = frozenset(int(f) for f in resources.EVENT_FORMATS)
 _SENML_FORMATS = frozenset((int(coap.ContentFormat.SENML_JSON), int(coap.ContentFormat.SENML_CBOR)))
 _URI_QUERY = int(coap.OptionNumber.URI_QUERY)
+_JSON = int(coap.ContentFormat.JSON)
 _CODE_LABELS: dict[int, str] = {}
 _POST_KEYS: dict[int, tuple[str, str, str]] = {}  # response code -> requests metric key
 _POST = int(coap.Code.POST)
@@ -567,21 +575,24 @@ class Worker:
                 self._sources.clear()
             source = self._sources[peer] = _source(peer)
         try:
-            if fmt in _SENML_FORMATS and msg is not None:  # SenML has no sender: `?sender=`
-                sender, namespace = _senml_defaults(msg)
+            if fmt is None or fmt == _JSON:
+                events = decode_json_events(payload, source, mid, wall_ms, self.index, self.limits)
             else:
-                sender, namespace = "senml", "default"
-            events = decode_events(
-                payload,
-                fmt,
-                source=source,
-                mid=mid,
-                received_ms=wall_ms,
-                worker=self.index,
-                limits=self.limits,
-                default_sender=sender,
-                default_namespace=namespace,
-            )
+                if fmt in _SENML_FORMATS and msg is not None:  # SenML has no sender: `?sender=`
+                    sender, namespace = _senml_defaults(msg)
+                else:
+                    sender, namespace = "senml", "default"
+                events = decode_events(
+                    payload,
+                    fmt,
+                    source=source,
+                    mid=mid,
+                    received_ms=wall_ms,
+                    worker=self.index,
+                    limits=self.limits,
+                    default_sender=sender,
+                    default_namespace=namespace,
+                )
         except EventError as exc:
             self._answer(mtype, mid, token, peer, size, now, exc.code, str(exc))
             return
