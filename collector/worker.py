@@ -98,6 +98,9 @@ _SOURCE_CACHE = 16384  # peers whose "host:port" is kept (cleared when full)
 _STORED, _DUPLICATE, _REJECTED = Outcome.STORED, Outcome.DUPLICATE, Outcome.REJECTED
 _POST_CREATED = ("POST", "/events", "2.01")
 _SLOW: Any = object()
+# What answering a request needs of it: (type, Message ID, token, peer, datagram size,
+# arrival time on the loop's clock).
+Head = tuple[int, int, bytes, Peer, int, float]
 
 
 def _fast_posts() -> dict[bytes, int | None]:
@@ -391,18 +394,8 @@ class Worker:
                         if self.exchange.duplicate(peer, mid, n):
                             self.stats.duplicates += 1
                             return
-                        self._post_events(
-                            (first >> 4) & 3,
-                            mid,
-                            data[4:start],
-                            fmt,
-                            data[marker + 1 :],
-                            peer,
-                            n,
-                            now,
-                            wall_ms,
-                            None,
-                        )
+                        head = ((first >> 4) & 3, mid, data[4:start], peer, n, now)
+                        self._post_events(head, fmt, data[marker + 1 :], wall_ms, None)
                         return
         try:
             msg = decode(data)
@@ -459,18 +452,8 @@ class Worker:
             )
             return
         if name is resources.EVENTS:
-            self._post_events(
-                msg.type,
-                msg.mid,
-                msg.token,
-                msg.content_format,
-                msg.payload,
-                peer,
-                size,
-                now,
-                wall_ms,
-                msg,
-            )
+            head = (msg.type, msg.mid, msg.token, peer, size, now)
+            self._post_events(head, msg.content_format, msg.payload, wall_ms, msg)
         elif name is resources.HEALTH:
             healthy = self.store_up and not self.stopping
             budget = size - (4 + len(msg.token) + 3 + 1)  # header, token, CF option, marker
@@ -511,28 +494,14 @@ class Worker:
         return any(n in (_PROXY_URI, _PROXY_SCHEME) for n, _v in msg.options)
 
     def _post_events(
-        self,
-        mtype: int,
-        mid: int,
-        token: bytes,
-        fmt: int | None,
-        payload: bytes,
-        peer: Peer,
-        size: int,
-        now: float,
-        wall_ms: int,
-        msg: coap.Message | None,
+        self, head: Head, fmt: int | None, payload: bytes, wall_ms: int, msg: coap.Message | None
     ) -> None:
         """POST /events. `msg` is the decoded request, or None from the fast path
         (whose options are only Uri-Path and Content-Format)."""
+        mtype, mid, token, peer, size, now = head
         if fmt is not None and fmt not in _EVENT_FORMATS:
             self._answer(
-                mtype,
-                mid,
-                token,
-                peer,
-                size,
-                now,
+                head,
                 coap.Code.UNSUPPORTED_CONTENT_FORMAT,
                 f"content format {fmt} not supported; use 50, 60, 110 or 112",
             )
@@ -549,21 +518,16 @@ class Worker:
                 code = getattr(exc, "code", None) or coap.Code.BAD_REQUEST
                 size1 = ((_SIZE1, coap.encode_uint(max_body)),)
                 extra = size1 if code == coap.Code.REQUEST_ENTITY_TOO_LARGE else ()
-                self._answer(mtype, mid, token, peer, size, now, code, str(exc), options=extra)
+                self._answer(head, code, str(exc), options=extra)
                 return
             options = ((_BLOCK1, block1),)
             if assembled is None:
-                self._answer(mtype, mid, token, peer, size, now, _CONTINUE, options=options)
+                self._answer(head, _CONTINUE, options=options)
                 return
             payload, fmt = assembled
         if len(payload) > max_body:
             self._answer(
-                mtype,
-                mid,
-                token,
-                peer,
-                size,
-                now,
+                head,
                 coap.Code.REQUEST_ENTITY_TOO_LARGE,
                 f"body over {max_body} bytes",
                 options=((_SIZE1, coap.encode_uint(max_body)),),
@@ -594,7 +558,7 @@ class Worker:
                     default_namespace=namespace,
                 )
         except EventError as exc:
-            self._answer(mtype, mid, token, peer, size, now, exc.code, str(exc))
+            self._answer(head, exc.code, str(exc))
             return
         driver = self.driver
         # Over max-pending: 5.03 at once. A request larger than max-pending itself is
@@ -602,12 +566,7 @@ class Worker:
         if driver.pending and driver.pending + len(events) > self.config.max_pending:
             self.stats.overloaded += 1
             self._answer(
-                mtype,
-                mid,
-                token,
-                peer,
-                size,
-                now,
+                head,
                 coap.Code.SERVICE_UNAVAILABLE,
                 "overloaded",
                 options=((_MAX_AGE, coap.encode_uint(MAX_AGE_OVERLOADED)),),
@@ -726,38 +685,20 @@ class Worker:
         now: float,
         code: int,
         diagnostic: str = "",
-        *,
-        options: tuple[tuple[int, bytes], ...] = (),
-        payload: bytes = b"",
-        limit: int | None = -1,
+        **response: Any,
     ) -> None:
-        """Answer a decoded request at once (no store involved)."""
-        self._answer(
-            msg.type,
-            msg.mid,
-            msg.token,
-            peer,
-            size,
-            now,
-            code,
-            diagnostic,
-            options=options,
-            payload=payload,
-            limit=limit,
-            label=(
-                resources.METHOD_LABELS.get(msg.code, "other"),
-                resources.PATH_LABELS.get(msg.uri_path, "other"),
-            ),
+        """Answer a decoded request at once (no store involved); `response` takes
+        `_answer`'s options, payload and limit."""
+        label = (
+            resources.METHOD_LABELS.get(msg.code, "other"),
+            resources.PATH_LABELS.get(msg.uri_path, "other"),
         )
+        head = (msg.type, msg.mid, msg.token, peer, size, now)
+        self._answer(head, code, diagnostic, label=label, **response)
 
     def _answer(
         self,
-        mtype: int,
-        request_mid: int,
-        token: bytes,
-        peer: Peer,
-        size: int,
-        now: float,
+        head: Head,
         code: int,
         diagnostic: str = "",
         *,
@@ -768,7 +709,9 @@ class Worker:
     ) -> None:
         """Answer at once (no store involved): piggybacked for CON, NON for NON.
 
-        `label` is the request's (method, path) for the requests metric."""
+        `head` is the request's (type, Message ID, token, peer, datagram size, arrival
+        time); `label` its (method, path) for the requests metric."""
+        mtype, request_mid, token, peer, size, now = head
         if mtype == _CON:
             rtype, mid = _ACK, request_mid
         else:
