@@ -25,6 +25,7 @@ The owner may also close an idle batch itself (`close_idle`) at the end of a bur
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
@@ -33,6 +34,8 @@ from collector.events import Event
 from collector.sinks.base import Outcome, Result, Sink
 
 T = TypeVar("T")
+
+log = logging.getLogger("collector.batching")
 
 
 class Batcher(Generic[T]):
@@ -158,29 +161,36 @@ class BatchDriver:
     def _submit(self, batch: list[Item]) -> None:
         if len(self._in_flight) >= self._max_flushes:
             self._queued.append(batch)
-            return
+        elif self._start(batch):
+            self._next()
+
+    def _start(self, batch: list[Item]) -> bool:
+        """Write a batch; True when it finished at once (an eager write that never waited)."""
         coro = self._write(batch)
         loop = self._loop or self._get_loop()
         if self._eager:
             try:
                 waiting = coro.send(None)  # eager start: run until the first real wait
             except StopIteration:
-                self._next()  # finished without waiting
-                return
+                return True
             task = loop.create_task(_finish(coro, waiting))
         else:
             task = loop.create_task(coro)
         self._in_flight.add(task)
         task.add_done_callback(self._done)
+        return False
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         self._next()
 
     def _next(self) -> None:
-        if self._queued:
-            self._submit(self._queued.popleft())
-        elif not self._in_flight and self._timer is not None:
+        """A write ended: start queued batches while there is room (a loop, not
+        recursion: eager writes that finish at once would otherwise nest one call per
+        queued batch), then close the open batch if the store is idle."""
+        while self._queued and len(self._in_flight) < self._max_flushes:
+            self._start(self._queued.popleft())
+        if not self._in_flight and self._timer is not None:
             self._on_timer()  # the store is idle: don't wait out batch_ms
 
     async def _write(self, batch: list[Item]) -> None:
@@ -196,10 +206,13 @@ class BatchDriver:
         except Exception as exc:  # a sink bug must not leave devices unanswered
             failed = Result(Outcome.FAILED, f"store error: {type(exc).__name__}")
             results = [failed] * len(batch)
-        if self._on_flushed is not None:
-            self._on_flushed(len(batch), loop.time() - started)
         self.pending -= len(batch)
+        # The owner's callbacks are guarded here, as a task would contain them: an eager
+        # write runs inside `add`/`close_idle`, and a bug in answering must not escape
+        # into the caller (half-way through adding another request's events).
         try:
+            if self._on_flushed is not None:
+                self._on_flushed(len(batch), loop.time() - started)
             if self._on_results is not None:
                 self._on_results(batch, results)
             else:
@@ -207,6 +220,8 @@ class BatchDriver:
                 assert on_result is not None
                 for (_event, owner, position), result in zip(batch, results, strict=True):
                     on_result(owner, position, result)
+        except Exception:
+            log.exception("delivering a batch's results failed")
         finally:
             if self.pending == 0:
                 self._idle.set()
@@ -223,6 +238,14 @@ async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
     while True:
         if waiting is None:
             await asyncio.sleep(0)
+        elif getattr(waiting, "_asyncio_future_blocking", None) is None:
+            # Not a future: what a Task does with such a yield (the write fails).
+            bad = RuntimeError(f"bad yield from a sink write: {waiting!r}")
+            try:
+                waiting = coro.throw(bad)
+            except StopIteration:
+                return
+            continue
         else:
             # What a Task does with a yielded future: take over the wait. The flag
             # the coroutine's `await` set says "a future was yielded"; left set, the

@@ -45,8 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StoppedEarly(Exception):
-    """SIGTERM/SIGINT before the supervisor took over the signals."""
+class _StoppedEarly(KeyboardInterrupt):
+    """SIGTERM/SIGINT before the supervisor took over the signals.
+
+    A KeyboardInterrupt, so that nothing in between swallows it: asyncio re-raises it
+    from a callback, and client libraries' `except Exception` (the Elasticsearch
+    check retries on those) let it through.
+    """
 
 
 def _stop_early(signum: int, _frame: object) -> None:
@@ -57,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Until the supervisor installs its own handlers (after the store check, which
     # can take seconds against a slow Elasticsearch), a stop request ends start-up
     # with one line and exit 0: nothing was accepted, so nothing is lost.
-    signal.signal(signal.SIGTERM, _stop_early)
-    signal.signal(signal.SIGINT, _stop_early)
+    previous = {sig: signal.signal(sig, _stop_early) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         parser = _parser()
         args = parser.parse_args(argv)
@@ -74,8 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return serve(config)
     except _StoppedEarly as exc:
+        for sig in previous:  # a second signal while this is printed changes nothing
+            signal.signal(sig, signal.SIG_IGN)
         print(f"iot-collector: stopped by {exc} before serving", file=sys.stderr)
         return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve(config: Config) -> int:

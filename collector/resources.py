@@ -23,8 +23,12 @@ ROUTES: dict[tuple[str, ...], tuple[str, int]] = {
     (".well-known", "core"): (CORE, coap.Code.GET),
 }
 
-# Paths as metric labels: a closed set, whatever devices send.
-PATH_LABELS = {segments: "/" + "/".join(segments) for segments in ROUTES}
+# Paths as metric labels: a closed set, whatever devices send. A label names the
+# resource, so the thesis' alias /event counts as /events.
+PATH_LABELS = {
+    segments: "/events" if name is EVENTS else "/" + "/".join(segments)
+    for segments, (name, _method) in ROUTES.items()
+}
 METHOD_LABELS = {1: "GET", 2: "POST", 3: "PUT", 4: "DELETE", 5: "FETCH", 6: "PATCH", 7: "iPATCH"}
 
 EVENT_FORMATS = (

@@ -58,8 +58,9 @@ class Sink(Protocol):
     GET /health and /readyz; `close` releases connections.
 
     `eager` (optional, default False) says `write` may be started outside an asyncio
-    Task and run until its first wait right where the batch closes: it uses nothing
-    that needs a current task (`asyncio.timeout`, aiohttp's timeouts do). The batch
+    Task and run until its first wait right where the batch closes (in a loop callback,
+    or in whatever task closed it, such as a drain): it uses nothing that needs a
+    current task of its own (`asyncio.timeout`, aiohttp's timeouts do). The batch
     driver then saves a task per batch, and a write that never waits answers at once.
     """
 

@@ -293,3 +293,75 @@ def test_only_eager_sinks_start_outside_a_task(eager: bool) -> None:
         assert result.outcome is Outcome.FAILED and "RuntimeError" in result.reason
     else:
         assert result is STORED
+
+
+def test_many_queued_batches_finishing_at_once_do_not_recurse() -> None:
+    """One write waits; 1500 queue behind it and each finishes at once when started.
+    Starting them is a loop: every result arrives, none is stranded."""
+
+    class FirstWaits(NullSink):
+        def __init__(self) -> None:
+            self.gate: asyncio.Future[None] | None = None
+
+        async def write(self, events: Sequence[Event]) -> list[Result]:
+            if self.gate is None:
+                self.gate = asyncio.get_running_loop().create_future()
+                await self.gate
+            return [STORED] * len(events)
+
+    async def scenario() -> int:
+        sink = FirstWaits()
+        got: list[Result] = []
+        driver = BatchDriver(
+            sink, lambda o, p, r: got.append(r), batch_max=1, batch_ms=1, max_flushes=1
+        )
+        for i in range(1500):
+            driver.add(_event(i), None, 0)
+        assert sink.gate is not None
+        sink.gate.set_result(None)
+        await asyncio.wait_for(driver.wait_idle(), 5.0)
+        assert driver.pending == 0
+        return len(got)
+
+    assert asyncio.run(scenario()) == 1500
+
+
+def test_a_raising_result_callback_is_contained(caplog: pytest.LogCaptureFixture) -> None:
+    """An eager write delivers results inside `add`: a bug in the owner's callback is
+    logged there and does not escape into the caller or stall the driver."""
+
+    def explode(owner: object, position: int, result: Result) -> None:
+        raise ValueError("boom")
+
+    async def scenario() -> int:
+        driver = BatchDriver(NullSink(), explode, batch_max=1, batch_ms=1, max_flushes=1)
+        for i in range(3):
+            driver.add(_event(i), None, i)  # each fills a batch, written eagerly
+        await asyncio.wait_for(driver.wait_idle(), 1.0)
+        return driver.pending
+
+    assert asyncio.run(scenario()) == 0
+    assert sum("delivering a batch's results failed" in r.message for r in caplog.records) == 3
+
+
+def test_a_write_that_yields_something_odd_fails_like_under_a_task() -> None:
+    class Odd:
+        def __await__(self):  # type: ignore[no-untyped-def]
+            yield 42
+
+    class OddSink(NullSink):
+        async def write(self, events: Sequence[Event]) -> list[Result]:
+            await Odd()
+            return [STORED] * len(events)
+
+    async def scenario() -> list[Result]:
+        got: list[Result] = []
+        driver = BatchDriver(
+            OddSink(), lambda o, p, r: got.append(r), batch_max=1, batch_ms=1, max_flushes=1
+        )
+        driver.add(_event(1), None, 0)
+        await asyncio.wait_for(driver.wait_idle(), 1.0)
+        return got
+
+    (result,) = asyncio.run(scenario())
+    assert result.outcome is Outcome.FAILED and "RuntimeError" in result.reason

@@ -103,6 +103,27 @@ def test_request_and_event_counters_move(server: Collector) -> None:
     )
     assert value(server, "iot_collector_events_stored_total") == before_stored + 10
     assert poll(server, REQUESTS, 1, code="4.04", method="GET", path="other") >= 1
+
+
+def test_the_event_alias_counts_as_the_events_resource(server: Collector) -> None:
+    """`path` names the resource: /event (the thesis' path) is /events, for 2.01 and
+    for the immediate answers alike."""
+    created = value(server, REQUESTS, **POST_CREATED)
+    refused = value(server, REQUESTS, code="4.15", method="POST", path="/events")
+    wrong = value(server, REQUESTS, code="4.05", method="GET", path="/events")
+    with server.client() as client:
+        body = json.dumps(event()).encode()
+        assert client.request(Code.POST, "event", body, fmt=50).code == Code.CREATED
+        assert (
+            client.request(Code.POST, "event", body, fmt=0).code == Code.UNSUPPORTED_CONTENT_FORMAT
+        )
+        assert client.request(Code.GET, "event").code == Code.METHOD_NOT_ALLOWED
+    assert poll(server, REQUESTS, created + 1, **POST_CREATED) == created + 1
+    assert (
+        poll(server, REQUESTS, refused + 1, code="4.15", method="POST", path="/events")
+        == refused + 1
+    )
+    assert poll(server, REQUESTS, wrong + 1, code="4.05", method="GET", path="/events") == wrong + 1
     assert value(server, "iot_collector_request_duration_seconds_count") > 0
     assert value(server, "iot_collector_batch_size_events_count") > 0
 
