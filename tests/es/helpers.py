@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import time
@@ -21,6 +18,8 @@ from elasticsearch import Elasticsearch
 
 import coap
 from coap import Code, ContentFormat, Message, OptionNumber, Type
+from tests.server.conftest import Collector
+from tests.server.conftest import start_collector as _start_collector
 
 ROOT = Path(__file__).resolve().parents[2]
 ES_SH = ROOT / "scripts" / "es.sh"
@@ -118,98 +117,23 @@ def sink_config(url: str, prefix: str, **overrides: Any) -> SimpleNamespace:
 
 # --- the collector, as a process -------------------------------------------------
 
-COLLECTOR_BIN = ROOT / ".venv" / "bin" / "iot-collector"
 COLLECTOR_START_TIMEOUT = 60.0  # seconds to the "serving" line and a 2.05 on /health
 
 
-@dataclass
-class Collector:
-    """`iot-collector serve` run as a subprocess; stopped by its PID."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    stderr_path: Path
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return int(self.proc.wait())
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            workers = _children(self.proc.pid)
-            self.proc.kill()
-            for pid in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self.proc.wait()
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def start_collector(workdir: Path, es_url: str, prefix: str, **flags: Any) -> Collector:
-    """Start the collector on a free loopback port with the elasticsearch sink and wait
-    until GET /health answers 2.05. `flags` are extra options (underscores for dashes)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    opts: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "workers": 1,
-        "metrics_port": 0,
+    """The server suite's `start_collector` with the elasticsearch sink: a free loopback
+    port, waits until GET /health answers 2.05. `flags` are extra options (underscores
+    for dashes); the drain timeout stays the collector's default unless given."""
+    options: dict[str, Any] = {
         "sink": "elasticsearch",
         "es_url": es_url,
         "es_index_prefix": prefix,
         "store_wait": 30,
+        "sqlite_path": str(workdir / "unused.db"),
+        "drain_timeout": None,
     }
-    opts.update(flags)
-    argv = [str(COLLECTOR_BIN), "serve"]
-    for key, value in opts.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    stderr_path = workdir / f"collector-{time.monotonic_ns()}.stderr"
-    with stderr_path.open("wb") as err:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
-        )
-    server = Collector(proc, 0, stderr_path)
-    deadline = time.monotonic() + COLLECTOR_START_TIMEOUT
-    try:
-        while server.port == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("no 'serving' line")
-            for line in server.stderr().splitlines():
-                with contextlib.suppress(ValueError):
-                    record = json.loads(line)
-                    if record.get("msg") == "serving":
-                        server.port = int(record["port"])
-            time.sleep(0.05)
-        with CoapClient(server.port) as client:
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("GET /health never answered 2.05")
-                reply = client.request(Code.GET, "health", timeout=0.5, retransmit=False)
-                if reply is not None and reply.code == Code.CONTENT:
-                    break
-                time.sleep(0.1)
-    except AssertionError as exc:
-        rc = proc.poll()
-        server.kill()
-        tail = "\n".join(server.stderr().splitlines()[-20:])
-        raise AssertionError(f"collector did not come up ({exc}; exit {rc}):\n{tail}") from None
-    return server
+    options.update(flags)
+    return _start_collector(workdir, start_timeout=COLLECTOR_START_TIMEOUT, **options)
 
 
 # --- CoAP over a real UDP socket ---------------------------------------------------

@@ -24,9 +24,9 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from coap import Code, ContentFormat, OptionNumber, Type
+from tests.server.conftest import COLLECTOR_BIN
 
 from .helpers import (
-    COLLECTOR_BIN,
     CoapClient,
     Collector,
     EsInstance,
