@@ -96,7 +96,8 @@ _POST = int(coap.Code.POST)
 _MAX_MESSAGE = coap.DEFAULT_MAX_MESSAGE_SIZE
 _SOURCE_CACHE = 16384  # peers whose "host:port" is kept (cleared when full)
 _STORED, _DUPLICATE, _REJECTED = Outcome.STORED, Outcome.DUPLICATE, Outcome.REJECTED
-_POST_CREATED = ("POST", "/events", "2.01")
+_POST_EVENTS = ("POST", "/events")  # the events resource's (method, path) labels
+_POST_CREATED = (*_POST_EVENTS, "2.01")
 _SLOW: Any = object()
 # What answering a request needs of it: (type, Message ID, token, peer, datagram size,
 # arrival time on the loop's clock).
@@ -422,7 +423,7 @@ class Worker:
             self.stats.duplicates += 1
             return
         if oversized:
-            self._too_large(msg, peer, size, now)
+            self._too_large((msg.type, msg.mid, msg.token, peer, size, now), _label(msg))
             return
         self._request(msg, peer, size, now, wall_ms)
 
@@ -475,17 +476,15 @@ class Worker:
                 limit=None,
             )
 
-    def _too_large(self, msg: coap.Message, peer: Peer, size: int, now: float) -> None:
+    def _too_large(self, head: Head, label: tuple[str, str] = _POST_EVENTS) -> None:
         """RFC 7252 §5.9.2.9: 4.13 with Size1, the largest body taken."""
         max_body = self.limits.max_body
-        self._reply(
-            msg,
-            peer,
-            size,
-            now,
+        self._answer(
+            head,
             coap.Code.REQUEST_ENTITY_TOO_LARGE,
             f"body over {max_body} bytes",
             options=((_SIZE1, coap.encode_uint(max_body)),),
+            label=label,
         )
 
     @staticmethod
@@ -526,12 +525,7 @@ class Worker:
                 return
             payload, fmt = assembled
         if len(payload) > max_body:
-            self._answer(
-                head,
-                coap.Code.REQUEST_ENTITY_TOO_LARGE,
-                f"body over {max_body} bytes",
-                options=((_SIZE1, coap.encode_uint(max_body)),),
-            )
+            self._too_large(head)
             return
         source = self._sources.get(peer)
         if source is None:
@@ -668,7 +662,7 @@ class Worker:
         stats = self.stats
         key = _POST_KEYS.get(code)
         if key is None:
-            key = _POST_KEYS[code] = ("POST", "/events", _code_label(code))
+            key = _POST_KEYS[code] = (*_POST_EVENTS, _code_label(code))
         stats.requests[key] += 1
         stats.latency.observe(now - request.received)
         if self._access is not None:
@@ -689,12 +683,8 @@ class Worker:
     ) -> None:
         """Answer a decoded request at once (no store involved); `response` takes
         `_answer`'s options, payload and limit."""
-        label = (
-            resources.METHOD_LABELS.get(msg.code, "other"),
-            resources.PATH_LABELS.get(msg.uri_path, "other"),
-        )
         head = (msg.type, msg.mid, msg.token, peer, size, now)
-        self._answer(head, code, diagnostic, label=label, **response)
+        self._answer(head, code, diagnostic, label=_label(msg), **response)
 
     def _answer(
         self,
@@ -705,7 +695,7 @@ class Worker:
         options: tuple[tuple[int, bytes], ...] = (),
         payload: bytes = b"",
         limit: int | None = -1,
-        label: tuple[str, str] = ("POST", "/events"),
+        label: tuple[str, str] = _POST_EVENTS,
     ) -> None:
         """Answer at once (no store involved): piggybacked for CON, NON for NON.
 
@@ -740,6 +730,14 @@ class Worker:
     def _on_flushed(self, count: int, seconds: float) -> None:
         self.stats.batch_size.observe(float(count))
         self.stats.flush_seconds.observe(seconds)
+
+
+def _label(msg: coap.Message) -> tuple[str, str]:
+    """A decoded request's (method, path) for the requests metric: closed sets."""
+    return (
+        resources.METHOD_LABELS.get(msg.code, "other"),
+        resources.PATH_LABELS.get(msg.uri_path, "other"),
+    )
 
 
 def _senml_defaults(msg: coap.Message) -> tuple[str, str]:
