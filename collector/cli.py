@@ -17,15 +17,14 @@ from typing import NoReturn
 
 from collector import __version__
 from collector.config import Config, ConfigError, add_serve_arguments, build_config
-
-EXIT_USAGE = 2
+from collector.exits import EXIT_BIND, EXIT_CONFIG, EXIT_STORE_UNAVAILABLE
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line and exit 2 (`--help` still prints the full usage)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,12 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 "iot-collector: error: a command is required: serve (see --help)", file=sys.stderr
             )
-            return EXIT_USAGE
+            return EXIT_CONFIG
         try:
             config = build_config(args, os.environ)
         except ConfigError as exc:
             print(f"iot-collector: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return EXIT_CONFIG
         return serve(config)
     except _StoppedEarly as exc:
         for sig in previous:  # a second signal while this is printed changes nothing
@@ -106,14 +105,7 @@ def serve(config: Config) -> int:
 def _serve(config: Config) -> int:
     from collector.logs import setup_logging
     from collector.sinks import StoreUnavailable
-    from collector.supervisor import (
-        EXIT_BIND,
-        EXIT_STORE_UNAVAILABLE,
-        BindError,
-        Supervisor,
-        bind_group,
-        preflight_store,
-    )
+    from collector.supervisor import BindError, Supervisor, bind_group, preflight_store
 
     setup_logging(config.log_level)
     try:

@@ -28,15 +28,12 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from collector.config import Config
+from collector.exits import EXIT_DRAIN_INCOMPLETE, EXIT_OK
 from collector.metrics import SupervisorMetrics
 from collector.status import SERVING, StatusBoard
 
 log = logging.getLogger("collector.supervisor")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_STORE_UNAVAILABLE = 3
-EXIT_BIND = 4
 
 RESTART_BACKOFF_MAX = 5.0  # seconds between restarts of a worker that keeps dying
 STABLE_AFTER = 10.0  # a worker that lived this long restarts without delay
@@ -172,7 +169,7 @@ class Supervisor:
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         else:  # the worker process
-            code = EXIT_FAILED
+            code = EXIT_DRAIN_INCOMPLETE
             try:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -389,10 +386,10 @@ class Supervisor:
         os.close(self._wake_w)
         if self._forced:
             print("iot-collector: workers killed before they finished draining", file=sys.stderr)
-            return EXIT_FAILED
+            return EXIT_DRAIN_INCOMPLETE
         bad = [code for code in self._exit_codes if code != 0]
         if bad:
             print(f"iot-collector: {len(bad)} worker(s) did not drain cleanly", file=sys.stderr)
-            return EXIT_FAILED
+            return EXIT_DRAIN_INCOMPLETE
         log.info("stopped")
         return EXIT_OK

@@ -58,6 +58,7 @@ from collector.exchange import (
     empty,
     header,
 )
+from collector.exits import EXIT_DRAIN_INCOMPLETE, EXIT_OK, EXIT_STORE_UNAVAILABLE
 from collector.metrics import PrometheusMetrics, WorkerStats
 from collector.sinks import Outcome, Result, StoreUnavailable, make_sink
 from collector.sinks.base import STORED
@@ -65,9 +66,6 @@ from collector.status import DRAINING, SERVING, STOPPED, STORE_DOWN, StatusBoard
 
 log = logging.getLogger("collector.worker")
 
-EXIT_OK = 0
-EXIT_DRAIN_INCOMPLETE = 1
-EXIT_STORE_UNAVAILABLE = 3
 
 READ_BURST = 256  # datagrams per reader wake-up before yielding to timers
 MAX_DATAGRAM = 65536  # read whole datagrams: an oversized body gets 4.13, not 4.00
