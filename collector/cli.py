@@ -108,19 +108,30 @@ def _serve(config: Config) -> int:
     from collector.supervisor import BindError, Supervisor, bind_group, preflight_store
 
     setup_logging(config.log_level)
+    # The port first: a second instance on a served port must fail at once, not after
+    # waiting for the store (and it keeps the port while it waits).
     try:
-        preflight_store(config)
-    except StoreUnavailable as exc:
-        print(f"iot-collector: store unavailable: {exc}", file=sys.stderr)
-        return EXIT_STORE_UNAVAILABLE
+        socks = bind_group(
+            config.host, config.port, config.workers, config.rcvbuf, share=config.share_port
+        )
+    except BindError as exc:
+        print(f"iot-collector: {exc}", file=sys.stderr)
+        return EXIT_BIND
     try:
-        socks = bind_group(config.host, config.port, config.workers, config.rcvbuf)
+        try:
+            preflight_store(config)
+        except StoreUnavailable as exc:
+            print(f"iot-collector: store unavailable: {exc}", file=sys.stderr)
+            return EXIT_STORE_UNAVAILABLE
         supervisor = Supervisor(config, socks)
         supervisor.install_signal_handlers()
         return supervisor.run()
     except BindError as exc:
         print(f"iot-collector: {exc}", file=sys.stderr)
         return EXIT_BIND
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class Config:
     port: int = 5683
     workers: int = 1
     rcvbuf: int = 4 * 1024 * 1024
+    share_port: bool = False
     sink: str = "sqlite"
     es_url: str = "http://127.0.0.1:9200"
     es_index_prefix: str = "iot-events"
@@ -137,6 +138,13 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
         "socket receive buffer bytes per worker (SO_RCVBUFFORCE when root)",
         None,
     ),
+    (
+        "share-port",
+        _bool,
+        "join the SO_REUSEPORT group of another process already serving the UDP port "
+        "(default: refuse, exit 4)",
+        None,
+    ),
     ("sink", str, "where events go", SINKS),
     ("es-url", str, "Elasticsearch URL", None),
     ("es-index-prefix", str, "index name prefix; indices are <prefix>-YYYY.MM.DD", None),
@@ -172,7 +180,7 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
     ("log-level", str, "log level", LOG_LEVELS),
     ("access-log", _bool, "log every request (slow: for debugging)", None),
 ]
-_BOOL_FLAGS = {"es-compress", "access-log"}
+_BOOL_FLAGS = {"es-compress", "access-log", "share-port"}
 
 
 def env_name(flag: str) -> str:

@@ -6,7 +6,8 @@ sockets, so a worker that dies and is replaced neither loses the datagrams queue
 its socket nor moves other devices' flows onto workers lacking their dedup state.
 
 The supervisor runs no threads (forking a threaded process is unsafe) and no asyncio:
-one `select` loop over a signal wake-up pipe and the metrics HTTP socket. Signal
+one selector loop over a signal wake-up pipe and the metrics HTTP connections, each
+of them non-blocking (collector/probes.py), so no HTTP client can hold the loop. Signal
 handlers only record the signal; the loop acts on it (uvicorn's shape). Shutdown has
 two stages: SIGTERM/SIGINT asks every worker to drain within `--drain-timeout`; a
 second signal, or the timeout, kills them.
@@ -16,21 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import queue
-import select
+import selectors
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
 
 from collector.config import Config
 from collector.exits import EXIT_DRAIN_INCOMPLETE, EXIT_OK
 from collector.metrics import SupervisorMetrics
-from collector.status import SERVING, StatusBoard
+from collector.probes import ProbeServer
+from collector.status import SERVING, STORE_DOWN, StatusBoard
 
 log = logging.getLogger("collector.supervisor")
 
@@ -57,15 +60,33 @@ def _set_parent_death_signal(sig: int) -> None:
         pass
 
 
-class _MetricsServer(HTTPServer):
-    """HTTPServer driven by the supervisor's select loop: one request per readiness."""
+def _already_served(family: int, address: tuple[Any, ...]) -> bool:
+    """Whether another socket already holds this UDP address.
 
-    def handle_ready(self) -> None:
-        self._handle_request_noblock()  # type: ignore[attr-defined]
+    SO_REUSEPORT lets any process of the same user join a group silently, and a
+    second collector would then take a share of the flows (and ack them into its own
+    store). A probe bound without SO_REUSEPORT fails with EADDRINUSE exactly when some
+    socket serves the address (or a wildcard/specific address overlapping it).
+    """
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind(address)
+    except OSError as exc:
+        return exc.errno == errno.EADDRINUSE
+    finally:
+        probe.close()
+    return False
 
 
-def bind_group(host: str, port: int, count: int, rcvbuf: int) -> list[socket.socket]:
+def bind_group(
+    host: str, port: int, count: int, rcvbuf: int, *, share: bool = False
+) -> list[socket.socket]:
     """Bind `count` UDP sockets of one SO_REUSEPORT group on (host, port).
+
+    A port another process already serves is refused unless `share` (--share-port)
+    asks to join its group.
 
     `host` '::' gives dual-stack sockets (IPv6 and IPv4-mapped). The receive buffer is
     set with SO_RCVBUFFORCE when permitted (root/CAP_NET_ADMIN), since plain SO_RCVBUF
@@ -76,6 +97,8 @@ def bind_group(host: str, port: int, count: int, rcvbuf: int) -> list[socket.soc
     except socket.gaierror as exc:
         raise BindError(f"cannot resolve {host!r}: {exc.strerror}") from None
     family, _type, _proto, _canon, address = infos[0]
+    if port and not share and _already_served(family, address):
+        raise BindError(f"UDP {_host_port(host, port)} is already served by another process")
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -95,8 +118,16 @@ def bind_group(host: str, port: int, count: int, rcvbuf: int) -> list[socket.soc
     except OSError as exc:
         for sock in socks:
             sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise BindError(
+                f"UDP {_host_port(host, port)} is already served by another process"
+            ) from None
         raise BindError(f"cannot bind udp {host}:{port}: {exc.strerror or exc}") from None
     return socks
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def preflight_store(config: Config) -> None:
@@ -144,7 +175,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._http: _MetricsServer | None = None
+        self._http: ProbeServer | None = None
+        self._selector: selectors.BaseSelector | None = None
         self._metrics: SupervisorMetrics | None = None
 
     # -- signals -----------------------------------------------------------------------
@@ -182,7 +214,9 @@ class Supervisor:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 if self._http is not None:
-                    self._http.socket.close()
+                    self._http.close_in_child()
+                if self._selector is not None:
+                    self._selector.close()  # the child's copy; the supervisor's set stays
                 for i, sock in enumerate(self.socks):
                     if i != index:
                         sock.close()
@@ -247,47 +281,49 @@ class Supervisor:
     # -- HTTP: /metrics /healthz /readyz ----------------------------------------------
 
     def ready(self) -> bool:
+        """Every worker is running and answering devices, whatever the store's state.
+
+        A worker whose store is down still answers (5.03 with Max-Age, or into its
+        spool); taking the replica out of the Service would turn that into silence.
+        """
+        return (
+            self._stopping_since is None
+            and len(self.pids) == self.config.workers
+            and all(self.status.get(i) in (SERVING, STORE_DOWN) for i in range(self.config.workers))
+        )
+
+    def store_up(self) -> bool:
+        """Every worker reports its store accepting writes."""
         return len(self.pids) == self.config.workers and self.status.all(SERVING)
+
+    def _routes(self) -> dict[str, Callable[[], tuple[int, bytes, str]]]:
+        def healthz() -> tuple[int, bytes, str]:
+            return 200, b"ok\n", "text/plain"
+
+        def readyz() -> tuple[int, bytes, str]:
+            if self.ready():
+                return 200, b"ready\n", "text/plain"
+            return 503, b"not ready\n", "text/plain"
+
+        def storez() -> tuple[int, bytes, str]:
+            if self.store_up():
+                return 200, b"store up\n", "text/plain"
+            return 503, b"store down\n", "text/plain"
+
+        def metrics() -> tuple[int, bytes, str]:
+            from collector.metrics import render_metrics
+
+            return (200, *render_metrics())
+
+        return {"/healthz": healthz, "/readyz": readyz, "/storez": storez, "/metrics": metrics}
 
     def _start_http(self) -> None:
         if not self.config.metrics_port:
             return
-        supervisor = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 2.0
-
-            def do_GET(self) -> None:
-                if self.path == "/healthz":
-                    self._reply(200, b"ok\n", "text/plain")
-                elif self.path == "/readyz":
-                    ok = supervisor.ready() and supervisor._stopping_since is None
-                    self._reply(
-                        200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain"
-                    )
-                elif self.path == "/metrics":
-                    from collector.metrics import render_metrics
-
-                    body, ctype = render_metrics()
-                    self._reply(200, body, ctype)
-                else:
-                    self._reply(404, b"not found\n", "text/plain")
-
-            def _reply(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        class Server(_MetricsServer):
-            address_family = socket.AF_INET6 if ":" in self.config.metrics_host else socket.AF_INET
-
         try:
-            self._http = Server((self.config.metrics_host, self.config.metrics_port), Handler)
+            self._http = ProbeServer(
+                self.config.metrics_host, self.config.metrics_port, self._routes()
+            )
         except OSError as exc:
             raise BindError(
                 f"cannot bind metrics tcp {self.config.metrics_host}:{self.config.metrics_port}: "
@@ -298,7 +334,11 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers and supervise until they have all exited."""
+        selector = self._selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._start_http()
+        if self._http is not None:
+            self._http.attach(selector)
         if self.config.metrics_port:
             self._metrics = SupervisorMetrics()
         if self._worker_main is None:
@@ -309,21 +349,21 @@ class Supervisor:
             self.spawn(index)
         announced = False
         while self.pids or (self._restart_at and self._stopping_since is None):
-            fds: list[int] = [self._wake_r]
-            if self._http is not None:
-                fds.append(self._http.fileno())
             try:
-                readable, _, _ = select.select(fds, [], [], 0.1)
+                ready = selector.select(0.1)
             except InterruptedError:
-                readable = []
-            if self._wake_r in readable:
-                try:
-                    while os.read(self._wake_r, 512):
+                ready = []
+            for key, events in ready:
+                if key.data is None:  # the signal wake-up pipe
+                    try:
+                        while os.read(self._wake_r, 512):
+                            pass
+                    except BlockingIOError:
                         pass
-                except BlockingIOError:
-                    pass
-            if self._http is not None and self._http.fileno() in readable:
-                self._http.handle_ready()
+                elif self._http is not None:
+                    self._http.handle(key, events)
+            if self._http is not None:
+                self._http.expire()
             self._handle_signals()
             self._reap()
             if self._stopping_since is None:
@@ -379,7 +419,9 @@ class Supervisor:
 
     def _finish(self) -> int:
         if self._http is not None:
-            self._http.server_close()
+            self._http.close()
+        if self._selector is not None:
+            self._selector.close()
         for sock in self.socks:
             sock.close()
         os.close(self._wake_r)

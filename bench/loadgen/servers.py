@@ -332,6 +332,7 @@ def collector_argv(
         opts.sink,
         "--metrics-port",
         "0",
+        "--share-port",  # reuseport replicas join one port on purpose (issue 14)
     ]
     if opts.sink == "elasticsearch" and opts.es_url:
         argv += ["--es-url", opts.es_url]

@@ -407,7 +407,8 @@ def test_store_failure_gets_503_with_max_age_and_health_says_so(
     collector: Callable[..., Collector],
 ) -> None:
     """A write lock held past SQLite's busy timeout (5 s) fails the batch: the device
-    gets 5.03 with Max-Age, nothing is stored, /health and /readyz report the store down,
+    gets 5.03 with Max-Age, nothing is stored, /health and /storez report the store down
+    (/readyz stays 200: the replica still answers devices),
     and a write after the lock is gone succeeds again."""
     metrics_port = free_tcp_port()
     server = collector(metrics_host="127.0.0.1", metrics_port=metrics_port, ack_delay=0.2)
@@ -425,7 +426,7 @@ def test_store_failure_gets_503_with_max_age_and_health_says_so(
         lock.execute("ROLLBACK")
         lock.close()
     assert row_count(server.db, "id = ?", (ev["id"],)) == 0
-    # The failed write marks the store down for a while: /health and /readyz say so.
+    # The failed write marks the store down for a while: /health and /storez say so.
     deadline = time.monotonic() + 5
     with server.client() as client:
         while True:
@@ -436,7 +437,7 @@ def test_store_failure_gets_503_with_max_age_and_health_says_so(
     assert health.code == Code.SERVICE_UNAVAILABLE
     assert health.uint_option(OptionNumber.MAX_AGE) is not None
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5):
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/storez", timeout=5):
             ready = 200
     except urllib.error.HTTPError as exc:
         ready = exc.code
