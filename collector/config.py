@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from coap.transmission import ACK_TIMEOUT
+from collector.psk import PskFileError, load_psk_file
+from collector.ratelimit import RateLimit
 
 SINKS = ("sqlite", "elasticsearch", "null")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -57,6 +59,22 @@ class Config:
     metrics_host: str = "0.0.0.0"
     log_level: str = "info"
     access_log: bool = False
+    coaps_port: int = 5684
+    psk_file: str | None = None
+    plain: bool | None = None  # None: on without a PSK file, off with one
+    dtls_max_sessions: int = 10_000
+    dtls_idle_timeout: float = 300.0
+    rate_limit: RateLimit | None = None
+
+    @property
+    def plain_enabled(self) -> bool:
+        """Whether plain CoAP is served on --port (off with a PSK file unless asked)."""
+        return self.plain if self.plain is not None else self.psk_file is None
+
+    @property
+    def dtls_enabled(self) -> bool:
+        """Whether coaps is served on --coaps-port (a PSK file turns it on)."""
+        return self.psk_file is not None
 
 
 def usable_cpus() -> int:
@@ -112,6 +130,13 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError("must be 0..65535")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a finite number > 0")
     return value
 
 
@@ -179,8 +204,20 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
     ("metrics-host", str, "address of the metrics HTTP endpoint", None),
     ("log-level", str, "log level", LOG_LEVELS),
     ("access-log", _bool, "log every request (slow: for debugging)", None),
+    ("coaps-port", _port, "UDP port of CoAP over DTLS (served with --psk-file)", None),
+    ("psk-file", str, "JSON file of device identities and keys; turns coaps on", None),
+    ("plain", _bool, "serve plain CoAP on --port (default: on, off with --psk-file)", None),
+    ("dtls-max-sessions", _positive_int, "DTLS sessions per worker", None),
+    ("dtls-idle-timeout", _positive_float, "seconds before a quiet DTLS session is dropped", None),
+    (
+        "rate-limit",
+        RateLimit.parse,
+        "events/s per identity (per address on plain CoAP), RATE[:BURST]; 0: off",
+        None,
+    ),
 ]
 _BOOL_FLAGS = {"es-compress", "access-log", "share-port"}
+_ON_OFF_FLAGS = {"plain"}
 
 
 def env_name(flag: str) -> str:
@@ -192,6 +229,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"help": f"{help_text} [env {env_name(flag)}]", "default": None}
         if flag in _BOOL_FLAGS:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif flag in _ON_OFF_FLAGS:
+            kwargs["metavar"] = "on|off"
         else:
             kwargs["metavar"] = flag.split("-")[-1].upper()
             if choices:
@@ -234,4 +273,11 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
         )
     if config.es_api_key and config.es_username:
         raise ConfigError("--es-api-key and --es-username exclude each other")
+    if config.psk_file is not None:
+        try:  # refused before any socket is bound; the keys are read again by workers
+            load_psk_file(config.psk_file)
+        except PskFileError as exc:
+            raise ConfigError(f"--psk-file: {exc}") from None
+    if not config.plain_enabled and not config.dtls_enabled:
+        raise ConfigError("--plain off without --psk-file leaves nothing to serve")
     return config

@@ -1,0 +1,215 @@
+"""The DTLS session layer against a real Mbed TLS client, in memory (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collector.dtls import HandshakeFailed, backend
+from collector.dtls.client import DtlsClientSession
+from collector.dtls.mbedtls_backend import client_context
+from collector.dtls.records import client_hello_cookie
+from collector.dtls.sessions import OPEN
+
+from .memory import KEY, connect, make_server, take
+
+PEER = ("192.0.2.1", 40000)
+
+
+def test_handshake_opens_a_session_named_for_its_identity() -> None:
+    server, _ = make_server()
+    client = connect(server, PEER)
+    assert client.connected
+    session = server.session_for(PEER)
+    assert session is not None and session.state == OPEN
+    assert session.identity == "dev-17"
+    assert session.conn.cipher() in backend.CIPHER_SUITES
+    assert server.stats.handshakes == {"ok": 1}
+    [event] = [e for e in server.events if e.kind == "handshake"]
+    assert (event.identity, event.outcome) == ("dev-17", "ok")
+
+
+def test_application_data_both_ways() -> None:
+    server, _ = make_server()
+    client = connect(server, PEER)
+    result = server.datagram(client.encrypt(b"coap request"), PEER, 1.0)
+    assert result is not None
+    session, plaintexts = result
+    assert plaintexts == [b"coap request"]
+    server.send(session, b"coap answer")
+    [record] = take(server, PEER)
+    assert client.receive(record) == [b"coap answer"]
+
+
+def test_hex_key_identity() -> None:
+    server, _ = make_server()
+    connect(server, PEER, "dev-18", bytes.fromhex("00112233445566778899aabbccddeeff"))
+    session = server.session_for(PEER)
+    assert session is not None and session.identity == "dev-18"
+
+
+def test_client_hello_without_cookie_draws_a_smaller_verify_request_and_no_state() -> None:
+    server, _ = make_server()
+    hello = DtlsClientSession("dev-17", KEY).start()
+    assert client_hello_cookie(hello) == b""
+    server.datagram(hello, PEER, 0.0)
+    [answer] = take(server, PEER)
+    assert answer[0] == 22 and answer[13] == 3  # handshake record, HelloVerifyRequest
+    assert len(answer) < len(hello)
+    assert not server.sessions
+
+
+def test_cookie_is_bound_to_the_address() -> None:
+    server, _ = make_server()
+    client = DtlsClientSession("dev-17", KEY)
+    server.datagram(client.start(), PEER, 0.0)
+    [verify] = take(server, PEER)
+    client.receive(verify)
+    with_cookie = client.pending()
+    assert client_hello_cookie(with_cookie)
+    other = ("192.0.2.99", 40000)
+    server.datagram(with_cookie, other, 0.0)  # replayed from elsewhere: a new HVR only
+    assert not server.sessions
+    assert server.stats.handshakes.get("cookie_mismatch") == 1
+
+
+@pytest.mark.parametrize(
+    ("identity", "key", "outcome"),
+    [("dev-17", b"the wrong key!!", "bad_key"), ("nobody", KEY, "unknown_identity")],
+)
+def test_wrong_credentials_open_nothing(identity: str, key: bytes, outcome: str) -> None:
+    server, _ = make_server()
+    with pytest.raises(HandshakeFailed):
+        connect(server, PEER, identity, key)
+    assert not server.sessions
+    assert server.stats.handshakes.get(outcome) == 1, server.stats.handshakes
+
+
+def test_replayed_record_is_ignored() -> None:
+    server, _ = make_server()
+    client = connect(server, PEER)
+    record = client.encrypt(b"once")
+    assert server.datagram(record, PEER, 1.0) is not None
+    again = server.datagram(record, PEER, 2.0)
+    assert again is not None and again[1] == []
+    assert server.session_for(PEER) is not None  # a replay does not end the session
+
+
+def test_close_notify_frees_the_session() -> None:
+    server, _ = make_server()
+    client = connect(server, PEER)
+    server.datagram(client.close(), PEER, 1.0)
+    assert not server.sessions
+    assert [e.outcome for e in server.events if e.kind == "closed"] == ["close_notify"]
+
+
+def test_idle_sessions_are_evicted_with_a_close_notify() -> None:
+    server, _ = make_server(idle_timeout=30.0)
+    client = connect(server, PEER)
+    server.tick(29.0)
+    assert server.sessions
+    server.tick(31.0)
+    assert not server.sessions
+    [alert] = take(server, PEER)
+    with pytest.raises(Exception, match=r"close_notify|TLSError|alert"):
+        client.receive(alert)
+
+
+def test_the_table_holds_its_bound_under_twice_as_many_clients() -> None:
+    server, _ = make_server(max_sessions=4, stale_after=30.0, idle_timeout=1000.0)
+    clients = []
+    for i in range(8):
+        peer = ("192.0.2.1", 41000 + i)
+        try:
+            clients.append((peer, connect(server, peer, now=float(i))))
+        except HandshakeFailed:
+            pass
+        assert len(server.sessions) <= 4
+    assert len(server.sessions) == 4
+    assert server.stats.handshakes["table_full"] == 4
+    # The first four keep working: a crowd does not push out devices that talk.
+    for peer, client in clients[:4]:
+        assert server.datagram(client.encrypt(b"x"), peer, 9.0) is not None
+    # Once one has been quiet past STALE_AFTER, a newcomer may take its place.
+    newcomer = ("192.0.2.1", 42000)
+    connect(server, newcomer, now=100.0)
+    assert server.session_for(newcomer) is not None and len(server.sessions) == 4
+
+
+def test_revoked_identity_sessions_are_closed() -> None:
+    server, store = make_server()
+    connect(server, PEER)
+    other = ("192.0.2.2", 40000)
+    connect(server, other, "dev-18", bytes.fromhex("00112233445566778899aabbccddeeff"))
+    gone = store.replace({k: v for k, v in store._entries.items() if k != "dev-17"})
+    assert gone == {"dev-17"}
+    assert server.close_identities(gone) == 1
+    assert server.session_for(PEER) is None and server.session_for(other) is not None
+    with pytest.raises(HandshakeFailed):
+        connect(server, ("192.0.2.3", 1), "dev-17", KEY)
+
+
+def test_a_new_hello_with_a_good_cookie_replaces_an_open_session() -> None:
+    server, _ = make_server()
+    old = connect(server, PEER)
+    new = connect(server, PEER, now=5.0)  # the device restarted on the same port
+    assert new.connected and len(server.sessions) == 1
+    assert server.datagram(old.encrypt(b"stale"), PEER, 6.0) in (
+        None,
+        (server.session_for(PEER), []),
+    )
+    result = server.datagram(new.encrypt(b"fresh"), PEER, 6.0)
+    assert result is not None and result[1] == [b"fresh"]
+
+
+def test_unknown_peer_application_data_is_dropped_silently() -> None:
+    server, _ = make_server()
+    client = connect(server, PEER)
+    server.datagram(client.encrypt(b"x"), ("192.0.2.50", 1), 1.0)
+    assert not take(server, ("192.0.2.50", 1))
+    assert server.stats.dropped == 1
+
+
+def test_both_suites_are_accepted() -> None:
+    from mbedtls import tls
+
+    for suite in ("TLS-PSK-WITH-AES-128-CCM-8", "TLS-PSK-WITH-AES-128-CCM"):
+        server, _ = make_server()
+        conf = client_context("dev-17", KEY).configuration.update(ciphers=(suite,))
+        client = DtlsClientSession("dev-17", KEY, tls.ClientContext(conf))
+        peer = ("192.0.2.7", 7)
+        flight = [client.start()]
+        for _ in range(10):
+            answers = []
+            for d in flight:
+                server.datagram(d, peer, 0.0)
+                answers += take(server, peer)
+            flight = []
+            for a in answers:
+                client.receive(a)
+                flight.append(client.pending())
+            if client.connected and not any(flight):
+                break
+        session = server.session_for(peer)
+        assert session is not None
+        assert session.conn.cipher() == suite.replace("-", "_")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=5), st.data())
+def test_arbitrary_datagrams_never_raise_nor_amplify(
+    datagrams: list[bytes], data: st.DataObject
+) -> None:
+    server, _ = make_server(max_sessions=4)
+    hello = DtlsClientSession("dev-17", KEY).start()
+    for raw in datagrams:
+        # Half the time, a mutated ClientHello, so the library's parser is reached.
+        if data.draw(st.booleans()):
+            cut = data.draw(st.integers(0, len(hello)))
+            raw = hello[:cut] + raw + hello[cut + len(raw) :]
+        server.datagram(raw, PEER, 0.0)
+        for answer, _peer in server.outbox:
+            assert len(answer) <= len(raw)
+        server.outbox.clear()
+    assert not server.sessions  # no cookie, no session
