@@ -115,7 +115,7 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--port",
         type=_int_between(1, 65535),
         default=default(None),
-        help="collector UDP port (env IOT_PORT; default 5683)",
+        help="collector UDP port (env IOT_PORT; default 5683, 5684 with a PSK)",
     )
     parser.add_argument(
         "-o",
@@ -134,6 +134,21 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--namespace",
         default=default("default"),
         help="namespace of the data (default: default)",
+    )
+    parser.add_argument(
+        "--psk-identity",
+        default=default(env.get("IOT_PSK_IDENTITY")),
+        help="speak coaps (DTLS, PSK) as this identity (env IOT_PSK_IDENTITY)",
+    )
+    parser.add_argument(
+        "--psk-key",
+        default=default(None),
+        help="the identity's key as text (env IOT_PSK_KEY)",
+    )
+    parser.add_argument(
+        "--psk-key-hex",
+        default=default(None),
+        help="the identity's key in hexadecimal",
     )
     parser.add_argument(
         "-S",
@@ -313,7 +328,34 @@ def _check_text(args: argparse.Namespace) -> None:
                     raise UsageError(f"{name}: not valid UTF-8: {item!r}") from None
 
 
+def _psk(args: argparse.Namespace) -> tuple[str, bytes] | None:
+    """(identity, key) from --psk-identity and --psk-key/--psk-key-hex (or the env)."""
+    identity = getattr(args, "psk_identity", None)
+    text, hexed = getattr(args, "psk_key", None), getattr(args, "psk_key_hex", None)
+    if text is None and hexed is None:
+        text = os.environ.get("IOT_PSK_KEY")
+    if identity is None:
+        if text is not None or hexed is not None:
+            raise UsageError("--psk-key needs --psk-identity")
+        return None
+    if text is not None and hexed is not None:
+        raise UsageError("give one of --psk-key, --psk-key-hex")
+    if hexed is not None:
+        try:
+            key = bytes.fromhex(hexed)
+        except ValueError:
+            raise UsageError("--psk-key-hex: not hexadecimal") from None
+    elif text is not None:
+        key = text.encode()
+    else:
+        raise UsageError("--psk-identity needs --psk-key or --psk-key-hex (or IOT_PSK_KEY)")
+    if not identity or not key:
+        raise UsageError("--psk-identity and the key must not be empty")
+    return identity, key
+
+
 def _config(args: argparse.Namespace) -> ClientConfig:
+    psk = _psk(args)
     port = args.port
     if port is None:
         env_port = os.environ.get("IOT_PORT")
@@ -323,7 +365,7 @@ def _config(args: argparse.Namespace) -> ClientConfig:
             except argparse.ArgumentTypeError as exc:
                 raise UsageError(f"IOT_PORT: {exc}") from None
         else:
-            port = 5683
+            port = 5684 if psk is not None else 5683
     minimum, maximum = getattr(args, "min", None), getattr(args, "max", None)
     if minimum is not None and maximum is not None and minimum > maximum:
         raise UsageError(f"--min {minimum} is greater than --max {maximum}")
@@ -347,6 +389,7 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         window=getattr(args, "window", 8),
         timeout=timeout,
         params=params,
+        psk=psk,
     )
 
 

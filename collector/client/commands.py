@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +56,7 @@ class ClientConfig:
     window: int = 8
     timeout: float | None = None
     params: TransmissionParameters = field(default_factory=TransmissionParameters)
+    psk: tuple[str, bytes] | None = None  # (identity, key): speak coaps (client/dtls.py)
 
     def event(
         self,
@@ -178,8 +180,15 @@ class Sender:
             task.cancel()
 
 
-async def connect(config: ClientConfig) -> ClientEndpoint:
-    return await ClientEndpoint.connect(config.host, config.port, params=config.params)
+async def connect(config: ClientConfig, rng: random.Random | None = None) -> ClientEndpoint:
+    """An endpoint to the collector: plain CoAP, or coaps when a PSK is configured."""
+    if config.psk is not None:
+        from . import dtls
+
+        return await dtls.connect(
+            config.host, config.port, *config.psk, params=config.params, rng=rng
+        )
+    return await ClientEndpoint.connect(config.host, config.port, params=config.params, rng=rng)
 
 
 async def _get(config: ClientConfig, path: str, out: TextIO) -> tuple[int, Response | None]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from . import payloads
-from .commands import ClientConfig, StopFlag, post_events
+from .commands import ClientConfig, StopFlag, connect, post_events
 from .endpoint import ClientEndpoint, Response
 from .outcomes import Tally, emit
 
@@ -261,9 +261,8 @@ async def run_simulate(
     fleet_devices: list[_Device] = []
     try:
         for index in range(1, devices + 1):
-            endpoint = await ClientEndpoint.connect(
-                config.host, config.port, params=config.params, rng=random.Random(rng.random())
-            )
+            # One endpoint (and, over coaps, one DTLS session) per simulated device.
+            endpoint = await connect(config, random.Random(rng.random()))
             fleet_devices.append(
                 _Device(
                     name=f"{config.origin}-{index:0{width}d}",
