@@ -10,6 +10,13 @@ Python ints and local histogram buckets (`WorkerStats`) and `publish()` moves th
 deltas into the Prometheus objects once a second. The supervisor sets and wipes
 `PROMETHEUS_MULTIPROC_DIR` before any worker starts, marks dead workers, and serves
 the merged view.
+
+Counters stay monotonic across a worker's death: a dead worker's counter file stays
+in the directory and keeps being summed (only its live gauges are dropped). What a
+worker killed with -9 had counted but not yet published would be lost, so the event
+outcomes, which operators compare with the rows in the store, are written through:
+once the first publish has attached the Prometheus counters, each batch's outcome
+counts go to the file at once, before its answers leave the worker.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter as Tally
+from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -71,22 +79,66 @@ class LocalHistogram:
         return counts, total
 
 
+_OUTCOMES = ("stored", "duplicate", "rejected", "failed")
+
+
+def _event_count(outcome: str) -> property:
+    """An events counter of WorkerStats that publishes each increment at once when a
+    Prometheus child is attached (one mmap write per batch, not per request)."""
+    slot = "_events_" + outcome
+
+    def get(self: WorkerStats) -> int:
+        return int(getattr(self, slot))
+
+    def put(self: WorkerStats, value: int) -> None:
+        child = self._event_children.get(outcome)
+        if child is None:
+            setattr(self, slot, value)
+            return
+        delta = value - getattr(self, slot)
+        if delta > 0:
+            child.inc(delta)
+        setattr(self, slot, 0)
+
+    return property(get, put, doc=f"events {outcome}, not yet published")
+
+
 class WorkerStats:
     """A worker's counters between two publishes. Plain attributes: cheap to bump."""
 
+    events_stored = _event_count("stored")
+    events_duplicate = _event_count("duplicate")
+    events_rejected = _event_count("rejected")
+    events_failed = _event_count("failed")
+
     def __init__(self) -> None:
         self.requests: Tally[tuple[str, str, str]] = Tally()
-        self.events_stored = 0
-        self.events_duplicate = 0
-        self.events_rejected = 0
-        self.events_failed = 0
+        self._event_children: dict[str, Any] = {}
+        self._events_stored = 0
+        self._events_duplicate = 0
+        self._events_rejected = 0
+        self._events_failed = 0
         self.malformed = 0
         self.duplicates = 0
         self.overloaded = 0
-        self.retransmissions = 0
+        self.retransmissions = 0  # separate responses the worker itself sent again
         self.latency = LocalHistogram(LATENCY_BUCKETS)
         self.flush_seconds = LocalHistogram(LATENCY_BUCKETS)
         self.batch_size = LocalHistogram(tuple(float(b) for b in BATCH_BUCKETS))
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._event_children)
+
+    def attach_events(self, children: dict[str, Any]) -> None:
+        """Write event outcomes through to these Prometheus children from now on,
+        publishing what was counted so far."""
+        pending = {o: getattr(self, "_events_" + o) for o in _OUTCOMES}
+        self._event_children = children
+        for outcome, count in pending.items():
+            setattr(self, "_events_" + outcome, 0)
+            if count:
+                children[outcome].inc(count)
 
 
 class PrometheusMetrics:
@@ -108,12 +160,6 @@ class PrometheusMetrics:
             ["outcome"],
             registry=None,
         )
-        self.events_stored = Counter(
-            "iot_collector_events_stored", "Events stored (new documents)", registry=None
-        )
-        self.events_rejected = Counter(
-            "iot_collector_events_rejected", "Events the store rejected", registry=None
-        )
         self.malformed = Counter(
             "iot_collector_malformed_datagrams", "Datagrams that are not CoAP", registry=None
         )
@@ -128,8 +174,8 @@ class PrometheusMetrics:
             registry=None,
         )
         self.retransmissions = Counter(
-            "iot_collector_retransmissions",
-            "Separate CON responses sent again for want of an ACK",
+            "iot_collector_separate_response_retransmissions",
+            "The collector's own resends of separate CON responses for want of an ACK",
             registry=None,
         )
         self.latency = Histogram(
@@ -169,20 +215,8 @@ class PrometheusMetrics:
         for labels, count in stats.requests.items():
             self.requests.labels(*labels).inc(count)
         stats.requests.clear()
-        for outcome, attr in (
-            ("stored", "events_stored"),
-            ("duplicate", "events_duplicate"),
-            ("rejected", "events_rejected"),
-            ("failed", "events_failed"),
-        ):
-            count = getattr(stats, attr)
-            if count:
-                self.events.labels(outcome).inc(count)
-                setattr(stats, attr, 0)
-                if outcome == "stored":
-                    self.events_stored.inc(count)
-                elif outcome == "rejected":
-                    self.events_rejected.inc(count)
+        if not stats.attached:
+            stats.attach_events({o: self.events.labels(o) for o in _OUTCOMES})
         for attr in ("malformed", "duplicates", "overloaded", "retransmissions"):
             count = getattr(stats, attr)
             if count:
@@ -220,10 +254,30 @@ class SupervisorMetrics:
         )
 
 
+class _BuildInfo:
+    """`iot_collector_build_info{version, python}` 1: which build a target runs."""
+
+    def collect(self) -> list[Any]:
+        import platform
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        from collector import __version__
+
+        family = GaugeMetricFamily(
+            "iot_collector_build_info",
+            "The collector's version and Python; always 1",
+            labels=["version", "python"],
+        )
+        family.add_metric([__version__, platform.python_version()], 1.0)
+        return [family]
+
+
 def render_metrics() -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(_BuildInfo())
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 METRIC = re.compile(r"\biot_collector_[a-z_]+")
 KNOWN_METRICS = {
     "iot_collector_requests_total",
-    "iot_collector_events_stored_total",
-    "iot_collector_events_rejected_total",
+    "iot_collector_events_total",
     "iot_collector_store_up",
     "iot_collector_pending_events",
     "iot_collector_request_duration_seconds_bucket",

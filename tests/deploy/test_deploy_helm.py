@@ -33,8 +33,7 @@ FULLNAME = "rel-iot-collector"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 METRIC_NAMES = {
     "iot_collector_requests_total",
-    "iot_collector_events_stored_total",
-    "iot_collector_events_rejected_total",
+    "iot_collector_events_total",
     "iot_collector_store_up",
     "iot_collector_pending_events",
     "iot_collector_request_duration_seconds",
@@ -46,6 +45,7 @@ ALERTS = {
     "IotCollectorHighServerErrorRatio",
     "IotCollectorStoreUnavailable",
     "IotCollectorNoEventsReceived",
+    "IotCollectorTargetMissing",
 }
 
 
@@ -474,7 +474,8 @@ def test_prometheus_rule_alerts(all_objects: list[Manifest], root: Path) -> None
     assert set(alerts) == ALERTS
     for name, r in alerts.items():
         used = _check_promql(r["expr"])
-        assert used and used <= METRIC_NAMES, (name, used)
+        assert used <= METRIC_NAMES, (name, used)
+        assert used or r["expr"].startswith("absent(up{"), name
         # Scoped to this release's metrics Service.
         assert f'service="{FULLNAME}-metrics"' in r["expr"], name
         assert re.fullmatch(r"\d+[smh]", r["for"]), name
@@ -482,6 +483,8 @@ def test_prometheus_rule_alerts(all_objects: list[Manifest], root: Path) -> None
         assert r["annotations"]["summary"]
     assert 'code=~"5' in alerts["IotCollectorHighServerErrorRatio"]["expr"]
     assert "iot_collector_store_up" in alerts["IotCollectorStoreUnavailable"]["expr"]
+    # A target that disappeared fires an alert of its own (no series: no other alert).
+    assert alerts["IotCollectorTargetMissing"]["expr"].startswith("absent(up{")
     # docker-compose's Prometheus carries the same alerts.
     compose_rules = yaml.safe_load((root / "deploy/prometheus/rules.yml").read_text())
     compose_alerts = {r["alert"]: r for g in compose_rules["groups"] for r in g["rules"]}
@@ -509,6 +512,13 @@ def test_network_policy_admits_coap_and_guards_elasticsearch(
     peer_labels = rule["from"][0]["podSelector"]["matchLabels"]
     assert matches(peer_labels, pod_labels)
     assert rule["ports"] == [{"port": 9200, "protocol": "TCP"}]
+
+
+def test_network_policy_admits_no_metrics_peer_by_default(render: Render) -> None:
+    """`metricsFrom: []` used to render a rule without `from`, which admits anyone."""
+    pol = one(render(), "NetworkPolicy", FULLNAME)
+    for rule in pol["spec"]["ingress"]:
+        assert {"port": "metrics", "protocol": "TCP"} not in rule["ports"], rule
 
 
 # --- client pods: CronJobs and the helm test -----------------------------------------

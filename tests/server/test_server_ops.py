@@ -6,6 +6,7 @@ Real processes on loopback; processes are ended by PID.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
@@ -16,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from coap import Code
 
-from .conftest import Collector, event, free_tcp_port, run_cli, start_collector
+from .conftest import Collector, event, free_tcp_port, row_count, run_cli, start_collector
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +145,35 @@ def test_idle_connections_stall_neither_healthz_nor_sigterm(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_event_counts_survive_a_worker_killed_with_sigkill(
+    collector: Callable[..., Collector],
+) -> None:
+    """Every event answered 2.01 is in events_total{outcome="stored"} even when its
+    worker is killed with -9 right after answering (it used to lose up to a second)."""
+    metrics_port = free_tcp_port()
+    server = collector(metrics_host="127.0.0.1", metrics_port=metrics_port)
+
+    def stored() -> float:
+        _status, text = http_get(metrics_port, "/metrics")
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "iot_collector_events_total" and sample.labels == {
+                    "outcome": "stored"
+                }:
+                    total += sample.value
+        return total
+
+    with server.client() as client:
+        assert client.post_events(event()).code == Code.CREATED
+        deadline = time.monotonic() + 10
+        while stored() < 1 and time.monotonic() < deadline:  # the first publish
+            time.sleep(0.1)
+        for _ in range(20):
+            assert client.post_events([event() for _ in range(10)]).code == Code.CREATED
+    (victim,) = server.workers()
+    os.kill(victim, signal.SIGKILL)
+    assert row_count(server.db) == 201
+    assert stored() == 201
