@@ -47,6 +47,8 @@ class Config:
     store_wait: float = 10.0
     sqlite_path: str = "./data/events.db"
     sqlite_synchronous: str = "full"
+    spool_path: str | None = None
+    spool_max_bytes: int = 1024**3
     batch_max: int = 500
     batch_ms: float = 5.0
     max_flushes: int = 4
@@ -140,6 +142,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional binary suffix: 512M, 1G, 1.5GiB."""
+    lowered = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = lowered[-1:] if lowered[-1:] in _SIZE_UNITS else ""
+    value = float(lowered[: len(lowered) - len(unit)])
+    if not (math.isfinite(value) and value >= 1):
+        raise ValueError("must be a size of at least 1 byte (e.g. 512M, 1G)")
+    return int(value * _SIZE_UNITS[unit])
+
+
 def _nonneg_float(text: str) -> float:
     value = float(text)
     if not (value >= 0 and math.isfinite(value)):
@@ -171,7 +186,7 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
         None,
     ),
     ("sink", str, "where events go", SINKS),
-    ("es-url", str, "Elasticsearch URL", None),
+    ("es-url", str, "Elasticsearch URL; several nodes separated by commas", None),
     ("es-index-prefix", str, "index name prefix; indices are <prefix>-YYYY.MM.DD", None),
     ("es-username", str, "Elasticsearch basic-auth user", None),
     ("es-password", str, "Elasticsearch basic-auth password", None),
@@ -187,6 +202,13 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
         "full: an ack survives power loss; normal: an ack survives a crash of the collector",
         SQLITE_SYNCHRONOUS,
     ),
+    (
+        "spool-path",
+        str,
+        "directory of the durable spool for batches the store cannot take (off when unset)",
+        None,
+    ),
+    ("spool-max-bytes", _size, "spool capacity (e.g. 512M, 1G); 5.03 when full", None),
     ("batch-max", _positive_int, "events per store write", None),
     ("batch-ms", _nonneg_float, "milliseconds a batch waits for more events", None),
     ("max-flushes", _positive_int, "store writes in flight per worker", None),

@@ -273,6 +273,80 @@ class _BuildInfo:
         return [family]
 
 
+class SpoolMetrics:
+    """The spool's gauges and counters (collector/spool.py), one set per worker.
+
+    Published by the spooling sink itself once a second: the spool is the sink's
+    business, and the worker's publish path needs no change for it.
+    """
+
+    def __init__(self, worker: int) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.worker = str(worker)
+        self.events = Gauge(
+            "iot_collector_spool_events",
+            "Events waiting in the spool for the store",
+            ["worker"],
+            multiprocess_mode="livesum",
+            registry=None,
+        )
+        self.bytes = Gauge(
+            "iot_collector_spool_bytes",
+            "Bytes of spooled events (pending and dead letters) counted against the limit",
+            ["worker"],
+            multiprocess_mode="livesum",
+            registry=None,
+        )
+        self.dead = Gauge(
+            "iot_collector_spool_dead_letters",
+            "Events in the spool's dead-letter table",
+            ["worker"],
+            multiprocess_mode="livesum",
+            registry=None,
+        )
+        self.oldest = Gauge(
+            "iot_collector_spool_oldest_event_age_seconds",
+            "Age of the oldest event waiting in the spool (0 when empty)",
+            ["worker"],
+            multiprocess_mode="livemax",
+            registry=None,
+        )
+        self.spooled = Counter(
+            "iot_collector_spool_spooled_events",
+            "Events written to the spool instead of the store",
+            registry=None,
+        )
+        self.forwarded = Counter(
+            "iot_collector_spool_forwarded_events",
+            "Spooled events settled in the store (stored or already there)",
+            registry=None,
+        )
+        self.dead_lettered = Counter(
+            "iot_collector_spool_dead_lettered_events",
+            "Spooled events the store rejected, moved to the dead-letter table",
+            registry=None,
+        )
+        self.refused = Counter(
+            "iot_collector_spool_refused_events",
+            "Events neither store nor spool could take (spool full or failing): 5.03",
+            registry=None,
+        )
+        self._last: dict[str, int] = {}
+
+    def publish(self, sink: object) -> None:
+        snap = sink.snapshot()  # type: ignore[attr-defined]
+        self.events.labels(self.worker).set(snap["events"])
+        self.bytes.labels(self.worker).set(snap["bytes"])
+        self.dead.labels(self.worker).set(snap["dead_letters"])
+        self.oldest.labels(self.worker).set(snap["oldest_age_s"])
+        for name in ("spooled", "forwarded", "dead_lettered", "refused"):
+            delta = snap[name] - self._last.get(name, 0)
+            if delta > 0:
+                getattr(self, name).inc(delta)
+            self._last[name] = snap[name]
+
+
 def render_metrics() -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector

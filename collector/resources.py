@@ -54,14 +54,18 @@ WELL_KNOWN_CORE = coap.link_format(
 ).encode()
 
 
-def health_body(healthy: bool, accept: int | None, budget: int) -> tuple[int, bytes]:
+def health_body(
+    healthy: bool, accept: int | None, budget: int, degraded: str | None = None
+) -> tuple[int, bytes]:
     """The /health representation and its content format, within `budget` bytes.
 
     The response code already says healthy (2.05) or not (5.03); the body adds a
-    status word. It is CBOR when the client Accepts CBOR, else JSON, and left out when
+    status word ("degraded: <why>" when the store works around a fault, such as a
+    spool taking the batches Elasticsearch cannot). It is CBOR when the client Accepts CBOR, else JSON, and left out when
     it would make the response larger than the request (RFC 7252 §11.3).
     """
-    status = {"status": "ok" if healthy else "unavailable"}
+    word = ("ok" if degraded is None else f"degraded: {degraded}") if healthy else "unavailable"
+    status = {"status": word}
     if accept == coap.ContentFormat.CBOR:
         import cbor2
 

@@ -135,16 +135,22 @@ def preflight_store(config: Config) -> None:
 
     Installs schemas/templates as a side effect (idempotent). Raises StoreUnavailable.
     """
-    from collector.sinks import make_sink
+    from collector.sinks import StoreUnavailable, make_sink
 
     async def check() -> None:
-        sink = make_sink(config, 0)
+        sink = make_sink(config, 0, spool=False)  # the primary only: workers own the spools
         try:
             await sink.start()
         finally:
             await sink.close()
 
-    asyncio.run(check())
+    try:
+        asyncio.run(check())
+    except StoreUnavailable as exc:
+        if not config.spool_path:
+            raise
+        # With a spool the workers serve into it and keep starting the store.
+        log.warning("store unavailable: serving into the spool", extra={"reason": str(exc)})
 
 
 class Supervisor:

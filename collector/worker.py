@@ -456,7 +456,8 @@ class Worker:
         elif name is resources.HEALTH:
             healthy = self.store_up and not self.stopping
             budget = size - (4 + len(msg.token) + 3 + 1)  # header, token, CF option, marker
-            fmt, body = resources.health_body(healthy, msg.uint_option(_ACCEPT), budget)
+            degraded = getattr(self.sink, "degraded", None)  # a spooling sink's "spooling"
+            fmt, body = resources.health_body(healthy, msg.uint_option(_ACCEPT), budget, degraded)
             code = coap.Code.CONTENT if healthy else coap.Code.SERVICE_UNAVAILABLE
             options = ((_CONTENT_FORMAT, coap.encode_uint(fmt)),) if body else ()
             if not healthy:

@@ -51,6 +51,7 @@ __all__ = [
     "EsSinkConfig",
     "Verdict",
     "classify",
+    "es_nodes",
     "index_name",
 ]
 
@@ -165,6 +166,14 @@ def index_name(prefix: str, timestamp_ms: int) -> str:
     return f"{prefix}-{day:%Y.%m.%d}"
 
 
+def es_nodes(url: str) -> list[str]:
+    """The node URLs of `--es-url`: one URL, or several separated by commas."""
+    nodes = [part.strip().rstrip("/") for part in url.split(",") if part.strip()]
+    if not nodes:
+        raise ValueError("--es-url names no node")
+    return nodes
+
+
 def describe_connection_error(exc: BaseException) -> str:
     """A short phrase for why Elasticsearch could not be reached."""
     parts = (exc, getattr(exc, "message", ""), exc.__cause__ or "", getattr(exc, "errors", ""))
@@ -191,11 +200,12 @@ class ElasticsearchSink:
             raise ValueError(
                 f"index prefix {prefix!r}: use lowercase letters, digits, '.', '_' or '-'"
             )
-        self._url = config.es_url.rstrip("/")
+        nodes = es_nodes(config.es_url)
+        self._url = ",".join(nodes)
         self._prefix = prefix
         self._username = config.es_username
         self._store_wait = max(0.0, float(config.store_wait))
-        self._deadline = max(0.1, float(getattr(config, "es_retry_deadline", 4.0)))
+        self._deadline = max(0.1, float(config.es_retry_deadline))
         self._worker = worker
         self._day_cache: dict[int, str] = {}
         self._down = False
@@ -205,7 +215,10 @@ class ElasticsearchSink:
         self._health_probe: asyncio.Task[bool] | None = None
         kwargs: dict[str, Any] = {
             "http_compress": bool(config.es_compress),
-            "max_retries": 0,
+            # With several nodes, a connection error on one is retried on the next (the
+            # transport marks the node dead for a while); statuses are judged here.
+            "max_retries": len(nodes) - 1,
+            "retry_on_status": (),
             "retry_on_timeout": False,
             "request_timeout": self._deadline,
             "connections_per_node": 16,
@@ -216,7 +229,7 @@ class ElasticsearchSink:
             kwargs["api_key"] = config.es_api_key
         if config.es_ca_certs:
             kwargs["ca_certs"] = config.es_ca_certs
-        self._client = AsyncElasticsearch(self._url, **kwargs)
+        self._client = AsyncElasticsearch(nodes, **kwargs)
 
     # -- life cycle ------------------------------------------------------------------
 
