@@ -138,3 +138,19 @@ capabilities:
   drop:
     - ALL
 {{- end }}
+
+{{/*
+Plain CoAP is served unless auth is required (then only with auth.plain).
+*/}}
+{{- define "iot-collector.plain" -}}
+{{- if or (not .Values.auth.required) .Values.auth.plain }}true{{- end }}
+{{- end }}
+
+{{/*
+Fail rendering when auth is required but no Secret holds the PSK file.
+*/}}
+{{- define "iot-collector.assertAuth" -}}
+{{- if and .Values.auth.required (not .Values.auth.existingSecret) }}
+{{- fail "auth.required needs auth.existingSecret: the Secret holding the PSK file (key auth.secretKey)" }}
+{{- end }}
+{{- end }}
