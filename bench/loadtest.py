@@ -16,12 +16,20 @@ Modes (pick one; the default is --target):
   --replicas 1,3              start the collector as N independent 1-worker replicas
                               behind one address per configuration, same load on each,
                               percentile table side by side (the thesis' Fig 34/35)
-  --compare                   every available server with the same generator: capacity
-                              (highest rate with p99 <= --p99-bound and no errors, by a
-                              rate sweep), p99 at a common rate, ratios to the
-                              collector, the generator's own ceiling, start-up times
+  --compare                   every available server with the same generator, two
+                              numbers each: max (closed loop, --window requests in
+                              flight per socket) and capacity (open loop: the highest
+                              rate with p99 <= --p99-bound and no losses, found by a
+                              search with no fixed ceiling), medians of --repeats
+                              interleaved repetitions with their spread; the echo
+                              peer's max is the generator's ceiling in the same run
   --startup-runs N            (any mode) median time from exec of `iot-collector serve`
                               to its first 2.05 on GET /health, over N starts
+
+The generator batches its system calls (sendmmsg per device burst, recvmmsg per
+readable socket) and reports its own CPU per request in every run; a run where it
+fell behind or ran out of CPU is marked as measuring the generator. --procs defaults
+to the cores not given to the server (--pin gives the server the first ones).
 
 Output: a one-line progress display every second on stderr; Markdown tables on
 stdout; --json FILE with every number plus argv, versions and machine; --plot FILE
@@ -31,6 +39,7 @@ Examples:
   python bench/loadtest.py --server collector --rate 5000 --duration 10
   python bench/loadtest.py --replicas 1,3 --rate 8000 --duration 20 --cpu-limit 0.3 \\
       --plot bench/results/replicas.png --json bench/results/replicas.json
+  python bench/loadtest.py --server echo --window 4 --duration 5   # closed loop: max
   python bench/loadtest.py --compare --duration 3 --json bench/results/compare.json
 """
 
@@ -41,18 +50,18 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
+import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import report, servers
 from loadgen.generator import GeneratorError, LoadSpec, min_devices, run_load
+from loadgen.search import Verdict, capacity_search
 from loadgen.wire import FORMATS
-
-DEFAULT_LADDER = (500, 1000, 2000, 4000, 8000, 12000, 16000, 24000, 32000, 48000, 64000)
 
 
 class UsageError(Exception):
@@ -106,9 +115,17 @@ def _target(text: str) -> tuple[str, int]:
     return host, p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag answered in one line instead of the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"loadtest: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="loadtest.py",
         description=doc.split("\n\n", 1)[0],
         epilog=doc.split("\n\n", 1)[1] if "\n\n" in doc else None,
@@ -168,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rates",
         type=_float_list,
         metavar="A,B,C",
-        help="sweep these offered rates (one run each); --compare: the capacity ladder",
+        help="sweep these offered rates (one run each)",
     )
     g.add_argument(
         "--duration", type=_positive(float), default=10.0, help="measured seconds per run (10)"
@@ -189,8 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--procs",
         type=_positive(int),
-        default=1,
-        help="generator processes sharing the schedule and the devices (default 1)",
+        default=None,
+        help="generator processes sharing the schedule and the devices (default: the cores"
+        " not given to the server, at least 1)",
+    )
+    g.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin started servers to the first cores (one per collector worker, one for a"
+        " peer) and each generator process to one of the others (needs taskset)",
+    )
+    g.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="closed loop: keep this many requests in flight per device socket and send a"
+        " new one per answer (the max measurement); 0: open loop at --rate (default)",
+    )
+    g.add_argument(
+        "--burst",
+        type=_positive(int),
+        default=16,
+        help="open loop: consecutive requests per device, sent with one sendmmsg (16)",
     )
     g.add_argument("--format", choices=FORMATS, default="json", help="request body (json)")
     g.add_argument(
@@ -209,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--tick",
         type=float,
-        default=0.0,
-        help="shortest wait of the generator loop in seconds (default 0: wake exactly at"
-        " each send time); e.g. 0.0002 coalesces wake-ups, adding at most that much send"
-        " lag (reported) in exchange for less generator CPU per request",
+        default=0.0002,
+        help="shortest wait of the generator loop in seconds (default 0.0002): coalesces"
+        " wake-ups, adding at most that much send lag (reported) in exchange for less"
+        " generator CPU per request; 0 wakes exactly at each send time",
     )
 
     c = p.add_argument_group("--compare")
@@ -226,27 +263,51 @@ def build_parser() -> argparse.ArgumentParser:
         " adds jitter)",
     )
     c.add_argument(
-        "--common-rate",
-        type=_positive(float),
-        help="rate at which every server's p99 is compared (default: the highest ladder rate"
-        " every server passed)",
-    )
-    c.add_argument(
         "--retries",
         type=int,
         default=1,
-        help="re-run a failing ladder step this many times; it fails only if all tries do"
+        help="re-run a failing rate this many times; it fails only if all tries do"
         " (default 1: a shared machine stalls now and then)",
+    )
+    c.add_argument(
+        "--repeats",
+        type=_positive(int),
+        default=3,
+        help="interleaved repetitions per server; figures are their medians (default 3)",
+    )
+    c.add_argument(
+        "--max-devices",
+        type=_positive(int),
+        default=64,
+        help="device sockets of the closed-loop max runs (default 64)",
+    )
+    c.add_argument(
+        "--max-window",
+        type=_positive(int),
+        default=4,
+        help="requests in flight per socket in the max runs (default 4)",
     )
     c.add_argument(
         "--server-warmup",
         type=float,
         default=3.0,
-        help="seconds of unrecorded load at the lowest ladder rate after each server starts"
-        " (JIT, caches; default 3)",
+        help="seconds of unrecorded closed-loop load before each server's max run (JIT,"
+        " caches; default 3)",
     )
     c.add_argument(
-        "--refine", type=int, default=2, help="bisection steps after the ladder (default 2)"
+        "--start-share",
+        type=_positive(float),
+        default=0.6,
+        help="the capacity search starts at this share of the server's max (default 0.6)",
+    )
+    c.add_argument(
+        "--grow",
+        type=_positive(float),
+        default=1.2,
+        help="the capacity search climbs by this factor while runs pass (default 1.2)",
+    )
+    c.add_argument(
+        "--refine", type=int, default=2, help="bisection steps after the climb (default 2)"
     )
     c.add_argument(
         "--servers",
@@ -289,11 +350,34 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--cpu-limit applies to servers this tool starts, not --target")
     if args.startup_runs is not None and args.startup_runs < 0:
         raise UsageError("--startup-runs must be >= 0")
+    if args.window < 0:
+        raise UsageError("--window must be >= 0")
+    if args.grow <= 1.0:
+        raise UsageError("--grow must be above 1")
+    if args.pin and shutil.which("taskset") is None:
+        raise UsageError("--pin needs taskset (util-linux)")
     if args.compare:
         names = [s.strip() for s in args.servers.split(",") if s.strip()]
         bad = [s for s in names if s not in servers.SERVERS]
         if bad or not names:
             raise UsageError(f"--servers: unknown {', '.join(bad) or '(empty)'}")
+
+
+def server_cores(name: str, workers: int, replicas: int = 1, cpu_limit: float | None = None) -> int:
+    """The cores a started server is taken to use: one per collector worker (or its CPU
+    quota), one for a peer (the JVM's threads included: it gets one core when pinned)."""
+    per = math.ceil(cpu_limit) if cpu_limit else (workers if name == "collector" else 1)
+    return max(1, per * replicas)
+
+
+def split_cpus(server: int) -> tuple[list[int], list[int]]:
+    """(CPUs for the server, CPUs for the generator) out of this process's affinity;
+    the generator gets at least one, shared with the server if need be."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) <= 1:
+        return cpus, cpus
+    n = min(server, len(cpus) - 1)
+    return cpus[:n], cpus[n:]
 
 
 class Bench:
@@ -302,23 +386,47 @@ class Bench:
     def __init__(self, args: argparse.Namespace, doc: dict[str, Any]) -> None:
         self.args = args
         self.doc = doc
+        self.server_cpus: list[int] = []
+        self.gen_cpus: list[int] = []
+        self.procs = 1
+        self.runq_share = 0.0  # the most a generator process waited for a CPU, any run
 
-    def spec(self, host: str, port: int, rate: float, duration: float | None = None) -> LoadSpec:
+    def place(self, cores: int) -> None:
+        """Decide --procs (and, with --pin, the CPUs) for a server using ``cores``."""
+        srv, gen = split_cpus(cores)
+        self.server_cpus = srv if self.args.pin else []
+        self.gen_cpus = gen if self.args.pin else []
+        self.procs = self.args.procs or len(gen)
+
+    def spec(
+        self,
+        host: str,
+        port: int,
+        rate: float,
+        duration: float | None = None,
+        *,
+        window: int | None = None,
+        devices: int | None = None,
+        warmup: float | None = None,
+    ) -> LoadSpec:
         a = self.args
         spec = LoadSpec(
             host=host,
             port=port,
             rate=rate,
             duration=duration or a.duration,
-            warmup=a.warmup,
-            devices=a.devices,
+            warmup=a.warmup if warmup is None else warmup,
+            devices=devices or a.devices,
             fmt=a.format,
             events=a.events_per_request,
             non=a.non,
             timeout=a.timeout,
-            procs=a.procs,
+            procs=self.procs,
             path=a.path,
             tick=max(0.0, a.tick),
+            window=a.window if window is None else window,
+            burst=a.burst,
+            cpus=tuple(self.gen_cpus),
         )
         need = max(min_devices(spec), spec.procs)
         if spec.devices < need:
@@ -331,6 +439,18 @@ class Bench:
             self.doc["warnings"].append(text)
             print(f"warning: {text}", file=sys.stderr)
 
+    def start(
+        self, name: str, workers: int = 1, replicas: int = 1, mode: str = "reuseport"
+    ) -> tuple[servers.Fleet, str, int]:
+        return servers.start_server(
+            name,
+            collector=self.collector_opts(workers),
+            replicas=replicas,
+            mode=mode,
+            cpu_limit=self.args.cpu_limit,
+            cpus=self.server_cpus,
+        )
+
     def run(
         self,
         host: str,
@@ -340,10 +460,12 @@ class Bench:
         server: str,
         replicas: int = 1,
         fleet: servers.Fleet | None = None,
+        spec: LoadSpec | None = None,
     ) -> dict[str, Any]:
-        spec = self.spec(host, port, rate)
+        spec = spec or self.spec(host, port, rate)
         cpu0 = fleet.cpu_seconds() if fleet else None
-        raw = run_load(spec, label=label, show_progress=not self.args.quiet)
+        shown = f"{label} @{rate:.0f}" if not spec.window else f"{label} max"
+        raw = run_load(spec, label=shown, show_progress=not self.args.quiet)
         summary = report.summarize(raw, spec, label, server, replicas)
         if fleet is not None and cpu0 is not None:
             # the server's own CPU per request (warm-up included): comparable across
@@ -354,46 +476,23 @@ class Bench:
             summary["server_cpu_us_per_request"] = (
                 round(cpu / sent_total * 1e6, 1) if sent_total else None
             )
-        if not summary["generator_kept_up"]:
+        what = f"{label} at {rate:.0f}/s" if not spec.window else f"{label} (closed loop)"
+        if summary["generator_saturated"]:
             self.warn(
-                f"{label} at {rate:g}/s: the generator fell behind its schedule (sent"
-                f" {summary['sent_rate']:.0f}/s, send lag p99 {summary['send_lag_ms']['p99']} ms);"
-                " figures include generator delay: add --procs or lower --rate"
+                f"{what}: the generator was out of CPU (busiest process on a CPU"
+                f" {summary['generator_cpu_share']:.0%} of the run): figures measure the"
+                " generator, not the server; add --procs or --pin"
             )
+        elif not summary["generator_kept_up"]:
+            self.warn(
+                f"{what}: the generator fell behind its schedule (sent"
+                f" {summary['sent_rate']:.0f}/s, send lag p99"
+                f" {summary['send_lag_ms']['p99'] or 0:.1f} ms); figures include generator"
+                " delay"
+            )
+        self.runq_share = max(self.runq_share, summary["generator_runq_share"])
         self.doc["runs"].append(summary)
         return summary
-
-    def step(
-        self,
-        host: str,
-        port: int,
-        label: str,
-        name: str,
-        fleet: servers.Fleet,
-        rate: float,
-        entry: dict[str, Any],
-    ) -> tuple[dict[str, Any], bool]:
-        """One capacity-ladder step; a failing rate is tried again --retries times."""
-        a = self.args
-        run = self.run(host, port, rate, label, name, fleet=fleet)
-        ok = report.passes(run, a.p99_bound)
-        for _ in range(a.retries if not ok else 0):
-            # a shared box stalls now and then: a rate fails only if every try does
-            time.sleep(1.0)
-            again = self.run(host, port, rate, f"{label} (retry)", name, fleet=fleet)
-            if report.passes(again, a.p99_bound):
-                run, ok = again, True
-                break
-        entry["runs"][f"{rate:g}"] = run
-        return run, ok
-
-    def warm(self, host: str, port: int, rate: float, label: str) -> None:
-        """An unrecorded run that warms the server up (JIT, caches, allocators)."""
-        seconds = self.args.server_warmup
-        if seconds <= 0:
-            return
-        spec = LoadSpec(**{**self.spec(host, port, rate).__dict__, "duration": seconds})
-        run_load(spec, label=f"{label} warm-up", show_progress=not self.args.quiet)
 
     def rates(self) -> list[float]:
         return list(self.args.rates) if self.args.rates else [self.args.rate]
@@ -403,20 +502,27 @@ class Bench:
             workers=workers, sink=self.args.sink, es_url=self.args.es_url
         )
 
+    def plain_runs(self, host: str, port: int, label: str, name: str, fleet: Any) -> list[Any]:
+        if self.args.window:
+            return [self.run(host, port, 0.0, label, name, fleet=fleet)]
+        return [self.run(host, port, r, label, name, fleet=fleet) for r in self.rates()]
+
     # --- modes -------------------------------------------------------------------------
 
     def target(self) -> list[dict[str, Any]]:
         host, port = self.args.target
-        return [self.run(host, port, r, f"{host}:{port}", "target") for r in self.rates()]
+        self.place(1)
+        return self.plain_runs(host, port, f"{host}:{port}", "target", None)
 
     def server(self) -> list[dict[str, Any]]:
         a = self.args
         name = a.server
-        opts = self.collector_opts(a.workers[0])
-        fleet, host, port = servers.start_server(name, collector=opts, cpu_limit=a.cpu_limit)
-        label = f"{name} w={opts.workers}" if name == "collector" else name
+        workers = a.workers[0]
+        self.place(server_cores(name, workers, 1, a.cpu_limit))
+        fleet, host, port = self.start(name, workers)
+        label = f"{name} w={workers}" if name == "collector" else name
         try:
-            return [self.run(host, port, r, label, name, fleet=fleet) for r in self.rates()]
+            return self.plain_runs(host, port, label, name, fleet)
         finally:
             servers.stop_fleet(fleet)
 
@@ -424,13 +530,8 @@ class Bench:
         a = self.args
         out = []
         for n in a.replicas:
-            fleet, host, port = servers.start_server(
-                "collector",
-                collector=self.collector_opts(1),
-                replicas=n,
-                mode=a.replicas_mode,
-                cpu_limit=a.cpu_limit,
-            )
+            self.place(server_cores("collector", 1, n, a.cpu_limit))
+            fleet, host, port = self.start("collector", 1, n, a.replicas_mode)
             label = f"{n} replica{'s' if n > 1 else ''}"
             try:
                 for r in self.rates():
@@ -451,9 +552,47 @@ class Bench:
         self.doc["startup"].append(res)
         return res
 
+    def max_run(
+        self, host: str, port: int, label: str, name: str, fleet: servers.Fleet
+    ) -> dict[str, Any]:
+        """The closed-loop max: --max-window in flight on each of --max-devices sockets."""
+        a = self.args
+        spec = self.spec(
+            host,
+            port,
+            0.0,
+            window=a.max_window,
+            devices=a.max_devices,
+            warmup=max(a.warmup, a.server_warmup),
+        )
+        return self.run(host, port, 0.0, label, name, fleet=fleet, spec=spec)
+
+    def capacity(
+        self,
+        host: str,
+        port: int,
+        label: str,
+        name: str,
+        fleet: servers.Fleet,
+        start: float,
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """The open-loop capacity search from ``start`` req/s; returns it and its runs."""
+        a = self.args
+        runs: list[dict[str, Any]] = []
+
+        def probe(rate: float) -> Verdict:
+            run = self.run(host, port, rate, label, name, fleet=fleet)
+            runs.append(run)
+            ok = report.passes(run, a.p99_bound)
+            return Verdict(rate, ok, not ok and report.generator_limited(run))
+
+        found = capacity_search(
+            probe, start, grow=a.grow, refine=a.refine, retries=max(0, a.retries)
+        )
+        return found, runs
+
     def compare(self) -> dict[str, Any]:
         a = self.args
-        ladder = sorted(a.rates) if a.rates else list(DEFAULT_LADDER)
         names = [s.strip() for s in a.servers.split(",") if s.strip()]
         configs: list[tuple[str, str, int]] = []
         for name in names:
@@ -461,139 +600,146 @@ class Bench:
                 configs += [(f"collector w={w}", "collector", w) for w in a.workers]
             else:
                 configs.append((name, name, 1))
+        entries: list[dict[str, Any]] = [
+            {"name": label, "server": name, "workers": w, "reps": []} for label, name, w in configs
+        ]
         result: dict[str, Any] = {
             "p99_bound_ms": a.p99_bound,
-            "ladder": ladder,
-            "servers": [],
-            "common_rate": None,
-            "reference": configs[0][0] if configs else None,
-            "reference_capacity": None,
+            "repeats": a.repeats,
+            "servers": entries,
+            "echo_max": None,
         }
-        gen_ceiling = None
-        echo_capacity = None
-        for label, name, workers in configs:
-            entry: dict[str, Any] = {"name": label, "server": name, "runs": {}}
-            result["servers"].append(entry)
-            why = None if name == "collector" else servers.peer_available(name)
+        for entry in entries:
+            why = (
+                None if entry["server"] == "collector" else servers.peer_available(entry["server"])
+            )
             if why:
                 entry["skipped"] = f"skipped: {why}"
-                self.warn(f"--compare: {label} skipped: {why}")
+                self.warn(f"--compare: {entry['name']} skipped: {why}")
+        # repetitions interleaved: every server once, then every server again, so a
+        # noisy minute on a shared machine falls on all of them rather than on one
+        for rep in range(a.repeats):
+            for entry in entries:
+                if entry.get("skipped"):
+                    continue
+                label, name, workers = entry["name"], entry["server"], entry["workers"]
+                self.place(server_cores(name, workers, 1, a.cpu_limit))
+                try:
+                    if rep == 0:
+                        entry["startup_s"] = servers.measure_startup(
+                            name, 1, collector=self.collector_opts(workers)
+                        )["median_s"]
+                    fleet, host, port = self.start(name, workers)
+                except servers.ServerError as exc:
+                    entry["skipped"] = f"skipped: {exc}"
+                    self.warn(f"--compare: {label} skipped: {exc}")
+                    continue
+                try:
+                    mx = self.max_run(host, port, label, name, fleet)
+                    start = max(100.0, a.start_share * mx["ok_rate"])
+                    found, runs = self.capacity(host, port, label, name, fleet, start)
+                finally:
+                    servers.stop_fleet(fleet)
+                entry["reps"].append(
+                    {
+                        "rep": rep,
+                        "max": mx,
+                        "capacity": found.capacity,
+                        "first_fail": found.first_fail,
+                        "capacity_generator_limited": found.generator_limited,
+                        "trail": [[v.rate, v.passed, v.generator_limited] for v in found.trail],
+                        "runs": runs,
+                    }
+                )
+        for entry in entries:
+            reps = entry["reps"]
+            if not reps:
+                entry.setdefault("skipped", "skipped: no repetition ran")
                 continue
-            try:
-                entry["startup_s"] = servers.measure_startup(
-                    name, 1, collector=self.collector_opts(workers)
-                )["median_s"]
-                fleet, host, port = servers.start_server(
-                    name, collector=self.collector_opts(workers), cpu_limit=a.cpu_limit
-                )
-            except servers.ServerError as exc:
-                entry["skipped"] = f"skipped: {exc}"
-                self.warn(f"--compare: {label} skipped: {exc}")
-                continue
-            try:
-                self.warm(host, port, ladder[0], label)
-
-                best, first_fail = None, None
-                for rate in ladder:
-                    run, ok = self.step(host, port, label, name, fleet, rate, entry)
-                    if name == "echo" and run["generator_kept_up"]:
-                        gen_ceiling = max(gen_ceiling or 0, rate)
-                    if ok:
-                        best = rate
-                        continue
-                    first_fail = first_fail or rate
-                    # echo keeps climbing while the generator keeps up: its ceiling
-                    if name != "echo" or not run["generator_kept_up"]:
-                        break
-                    if best is None or rate > 2 * best:
-                        break
-                if best is not None:
-                    higher = [r for r in ladder if r > best]
-                    first_fail = min(higher) if higher and first_fail is not None else None
-                lo, hi = best, first_fail
-                for _ in range(a.refine if lo is not None and hi is not None else 0):
-                    assert lo is not None and hi is not None
-                    mid = round((lo + hi) / 2, -1)
-                    if mid in (lo, hi):
-                        break
-                    _, ok = self.step(host, port, label, name, fleet, mid, entry)
-                    if ok:
-                        lo = mid
-                    else:
-                        hi = mid
-                entry["capacity"] = lo if lo is not None else 0
-                if name == "echo":
-                    echo_capacity = entry["capacity"]
-            finally:
-                servers.stop_fleet(fleet)
-
-        measured = [s for s in result["servers"] if "capacity" in s]
-        if a.common_rate:
-            common = a.common_rate
-            for s in measured:
-                if f"{common:g}" not in s["runs"]:
-                    fleet, host, port = servers.start_server(
-                        s["server"],
-                        collector=self.collector_opts(
-                            int(s["name"].split("=")[-1]) if "=" in s["name"] else 1
-                        ),
-                        cpu_limit=a.cpu_limit,
-                    )
-                    try:
-                        s["runs"][f"{common:g}"] = self.run(
-                            host, port, common, s["name"], s["server"]
-                        )
-                    finally:
-                        servers.stop_fleet(fleet)
-        else:
-            passed_all = [
-                r
-                for r in ladder
-                if measured
-                and all(
-                    f"{r:g}" in s["runs"] and report.passes(s["runs"][f"{r:g}"], a.p99_bound)
-                    for s in measured
-                )
-            ]
-            common = max(passed_all) if passed_all else None
-            if common is None and measured:
-                ran_all = [r for r in ladder if all(f"{r:g}" in s["runs"] for s in measured)]
-                common = min(ran_all) if ran_all else None
-                result["common_rate_note"] = (
-                    "no ladder rate passed on every server: the lowest rate all of them ran"
-                )
-        result["common_rate"] = common
-        for s in measured:
-            at = s["runs"].get(f"{common:g}") if common else None
-            s["p99_at_common_ms"] = at["latency_ms"]["p99"] if at else None
-            s["p50_at_common_ms"] = at["latency_ms"]["p50"] if at else None
-            s["cpu_us_at_common"] = at.get("server_cpu_us_per_request") if at else None
-        ref = next((s for s in measured if s["server"] == "collector"), None)
-        result["reference_capacity"] = ref["capacity"] if ref else None
-        if ref:
-            result["reference"] = ref["name"]
-        for s in measured:
-            s["capacity_vs_reference"] = (
-                s["capacity"] / ref["capacity"]
-                if ref and ref["capacity"] and s["capacity"]
-                else None
+            entry.pop("skipped", None)
+            maxes = [r["max"] for r in reps]
+            entry["max"] = report.spread([m["ok_rate"] for m in maxes])
+            entry["capacity"] = report.spread([r["capacity"] for r in reps])
+            half = len(reps) / 2
+            entry["max_generator_limited"] = sum(report.generator_limited(m) for m in maxes) > half
+            entry["capacity_generator_limited"] = (
+                sum(r["capacity_generator_limited"] for r in reps) > half
             )
-        self.doc["generator_ceiling"] = {
-            "rate": gen_ceiling,
-            "echo_capacity": echo_capacity,
-            "note": "highest offered rate at which the generator kept its schedule against"
-            " the echo peer; '>=' when the ladder ended first",
-        }
-        if gen_ceiling:
-            for s in measured:
-                if s["server"] == "collector" and s["capacity"] > 0.5 * gen_ceiling:
-                    self.warn(
-                        f"{s['name']} capacity {s['capacity']:g}/s is not well below the"
-                        f" generator's ceiling ({gen_ceiling:g}/s against echo): it may"
-                        " measure the generator; add --procs"
-                    )
+            entry["server_cpu_us"] = _median([m.get("server_cpu_us_per_request") for m in maxes])
+            entry["generator_cpu_us"] = _median(
+                [m.get("generator_cpu_us_per_request") for m in maxes]
+            )
+            st = [m["stalls"] for m in maxes]
+            entry["stalls"] = {
+                "count": sum(x["count"] for x in st),
+                "stalled_s": round(sum(x["stalled_s"] for x in st), 2),
+                "longest_s": max(x["longest_s"] for x in st),
+                "between_rate": _median([x["between_rate"] for x in st]) or 0.0,
+                "overall_rate": _median([x["overall_rate"] for x in st]) or 0.0,
+            }
+        echo = next((e for e in entries if e["server"] == "echo" and e.get("max")), None)
+        if echo:
+            result["echo_max"] = echo["max"]["median"]
         self.doc["compare"] = result
+        self.doc["generator_ceiling"] = self.ceiling(echo)
+        for entry in entries:
+            if entry.get("max_generator_limited"):
+                self.warn(
+                    f"{entry['name']}: its max is the generator's limit, not the server's"
+                    " (the generator was out of CPU): add --procs, --pin or cores"
+                )
+            if entry.get("capacity_generator_limited"):
+                self.warn(
+                    f"{entry['name']}: its capacity is the generator's limit (it fell"
+                    " behind before the server failed the rule): the server holds at least"
+                    " that"
+                )
         return result
+
+    def ceiling(self, echo: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The generator's own ceiling, measured against the echo peer in this run."""
+        if not echo:
+            return None
+        maxes = [r["max"] for r in echo["reps"]]
+        us = _median([m.get("generator_cpu_us_per_request") for m in maxes])
+        procs = maxes[0]["procs"] if maxes else 1
+        return {
+            "echo_max": echo["max"]["median"],
+            "echo_max_generator_limited": echo["max_generator_limited"],
+            "generator_cpu_us_per_request": us,
+            "procs": procs,
+            "cpu_bound_rate": round(procs * 1e6 / us) if us else None,
+            "note": "cpu_bound_rate: the rate at which the generator's processes would be"
+            " busy all the time, from its CPU per request against the echo peer",
+        }
+
+
+def _median(values: list[Any]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def ceiling_text(ceiling: dict[str, Any] | None) -> str:
+    """One sentence on the generator's own ceiling in this run."""
+    if not ceiling:
+        return "Generator ceiling: not measured (the echo peer did not run)."
+    us = ceiling["generator_cpu_us_per_request"]
+    text = (
+        f"Generator: {ceiling['procs']} process(es), {us:.1f} us CPU per request against"
+        f" the echo peer, so it is busy all the time at about"
+        f" {ceiling['cpu_bound_rate'] or 0:.0f} req/s."
+        if us
+        else "Generator: CPU per request not measured."
+    )
+    echo = ceiling["echo_max"] or 0
+    if ceiling["echo_max_generator_limited"]:
+        text += (
+            f" The echo peer's max ({echo:.0f} req/s) was the generator's limit, not the"
+            " echo's: any server near it is measured against the generator."
+        )
+    else:
+        text += f" The echo peer's max ({echo:.0f} req/s) was the echo's own limit."
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -617,15 +763,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.compare:
             cmp = bench.compare()
-            out.append("## Capacity (--compare)\n")
-            out.append(report.compare_table(cmp))
-            if cmp.get("common_rate_note"):
-                out.append(f"\nCommon rate: {cmp['common_rate_note']}.")
-            ceiling = doc["generator_ceiling"]
             out.append(
-                f"\nGenerator ceiling against echo: {report._g(ceiling['rate'])} req/s"
-                f" (echo capacity {report._g(ceiling['echo_capacity'])} req/s)."
+                f"## max and capacity ({args.repeats} interleaved repetitions: median [min-max])\n"
             )
+            out.append(report.compare_table(cmp))
+            out.append("\n" + ceiling_text(doc["generator_ceiling"]))
             out.append("\n## All runs\n")
             out.append(report.runs_table(doc["runs"]))
         elif args.replicas:
@@ -653,6 +795,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("loadtest: interrupted", file=sys.stderr)
         return 130
+    if bench.runq_share >= report.STARVED_SHARE:
+        bench.warn(
+            "the machine was oversubscribed: a generator process waited for a CPU up to"
+            f" {bench.runq_share:.0%} of a run, so every figure here is noisy"
+        )
     if doc["warnings"]:
         out.append("\nWarnings:\n" + "\n".join(f"- {w}" for w in doc["warnings"]))
     print("\n".join(out))
@@ -661,12 +808,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     if args.plot and doc["runs"]:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot_runs = doc["runs"]
-        if args.compare and doc["compare"] and doc["compare"]["common_rate"]:
-            common = doc["compare"]["common_rate"]
-            plot_runs = [r for r in doc["runs"] if r["rate"] == common]
-        rates = " / ".join(sorted({f"{r['rate']:g}" for r in plot_runs}))
-        report.plot(plot_runs, args.plot, f"Response-time percentiles at {rates} req/s offered")
+        plot_runs = [r for r in doc["runs"] if r["mode"] == "closed"] if args.compare else []
+        plot_runs = plot_runs or doc["runs"]
+        report.plot(plot_runs, args.plot, "Response-time percentiles")
     return 0
 
 

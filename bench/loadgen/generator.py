@@ -1,62 +1,77 @@
-"""The open-loop send/receive loop and the processes that run it.
+"""The send/receive loops (open and closed loop) and the processes that run them.
 
-Strategy. Each generator process owns a share of the devices, one connected
-non-blocking UDP socket per device (its own source port, its own Message ID space),
-and the requests ``i % procs == index`` of a global constant-rate schedule. One
-plain loop, no asyncio: send every request that is due, retransmit CONs whose
-timer expired (RFC 7252 §4.2: ACK_TIMEOUT x a random factor, doubling, at most
-MAX_RETRANSMIT times), expire requests older than the timeout, then wait on the
-sockets' epoll until the next due time. The wait uses ``select`` on the epoll fd
-(microsecond timeout) rather than ``epoll.poll`` (millisecond), so sends are not
-batched into 1 ms bursts.
+Strategy: batch the system calls, keep Python's per-request work to a few stores.
+Each generator process owns a share of the devices, one connected non-blocking UDP
+socket per device (its own source port and Message ID space). Requests go out in
+device bursts through one ``sendmmsg`` (:mod:`loadgen.batch`); responses come in
+through ``recvmmsg`` (:class:`collector.mmsg.DatagramBatch`), one call per readable
+socket. What a request costs in Python is one template copy and three patches on
+the way out, one header read, a byte-array store and a histogram increment on the
+way back; there is no per-request timer or dict entry.
 
-Request k of a process goes to its device ``k % ndev`` as that device's
-``seq = k // ndev``-th request: the token is ``seq`` (4 bytes) and the MID is the
-device's random base plus ``seq``, so a response's token (or, for an empty ACK or
-a RST, its MID) gives k back without a lookup table, and k gives the scheduled time.
-Latency runs from the scheduled time to the response, so generator lateness and
-server queueing both count (no coordinated omission); the send lag (actual minus
-scheduled send time) is kept in its own histogram so generator saturation shows.
+Open loop (``window == 0``): request ``i`` of the run is due at ``start + i / rate``
+whatever the server does (:mod:`loadgen.schedule`); process ``p`` sends ``i % procs
+== p``. Its k-th request goes to device ``(k // burst) % ndev``, so consecutive due
+requests share a socket and leave in one ``sendmmsg``. The token is ``k`` itself, so a
+response gives k back without a lookup, and k gives the scheduled time: latency runs
+from the schedule (no coordinated omission). Per-request state is one byte of a
+``bytearray`` (unsent, pending, acknowledged-empty, answered, given up), so the
+retransmission and timeout sweeps are ``find``/``count`` calls over ranges that
+became due, done in C: a CON still pending ACK_TIMEOUT after its schedule gets a
+randomised RFC 7252 §4.2 timer (ACK_TIMEOUT x [1, ACK_RANDOM_FACTOR], doubling, at
+most MAX_RETRANSMIT times) in a heap that only ever holds the rare unanswered ones.
+The send lag of a burst is its oldest request's, counted for every request of the
+burst (an upper bound).
 
-Measured and not kept: sendmmsg(2) through ctypes. On this machine a 16-message
-sendmmsg on one loopback socket cost 6.0-6.9 us per datagram against 6.5-7.2 us for
-plain send() (the loopback path, not the system call, is the cost), and with one
-socket per device a wake-up rarely has more than one datagram for the same socket,
-so batches would be of one. The per-request costs that remain are the send itself,
-the receive, and the wake-up (select + epoll), which --tick can coalesce.
+Closed loop (``window > 0``, the *max* measurement): every device keeps ``window``
+requests outstanding and sends a new one for each answer, so the rate is whatever
+the server sustains. A request unanswered after ``timeout`` counts as lost and is
+replaced.
+
+Both loops record answers per 100 ms (the timeline a stall shows in) and the
+process's own CPU time and run-queue wait (``/proc/self/schedstat``), so the report
+can say whether the generator, rather than the server, was the limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import multiprocessing as mp
+import os
 import random
 import resource
 import select
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import wire
-from .histogram import _EXACT, _HALF, SUB_BITS, LogHistogram
+from collector import mmsg
+
+from . import batch, wire
+from .histogram import _EXACT, _HALF, N_BUCKETS, SUB_BITS, LogHistogram
 from .schedule import Schedule
 
 # progress counters per process, in a shared array of doubles
 _SENT, _ANSWERED, _OK, _TIMEOUTS, _RETRANS, _LAG, _NFIELDS = range(7)
 
-_RTO_LEVELS = 16  # steps of the random factor of the first retransmission timeout
 MAX_SEQ_PER_DEVICE = 60_000  # stay clear of a 16-bit MID wrap within one run
+TIMELINE_HZ = 10  # answers are counted per 1/TIMELINE_HZ s
+_SWEEP_S = 0.002  # how often the open loop sweeps retransmission and timeout ranges
+
+# request states of the open loop (one byte each)
+_UNSENT, _PENDING, _EMPTY_ACKED, _ANSWERED_STATE, _GIVEN_UP = range(5)
+_EXPIRE = bytes(_GIVEN_UP if b in (_PENDING, _EMPTY_ACKED) else b for b in range(256))
 
 
 @dataclass(frozen=True)
 class LoadSpec:
-    """One constant-rate run against one address."""
+    """One run against one address: open loop at ``rate``, or closed with ``window``."""
 
     host: str
     port: int
@@ -74,7 +89,10 @@ class LoadSpec:
     ack_timeout: float = 2.0
     ack_random_factor: float = 1.5
     max_retransmit: int = 4
-    tick: float = 0.0  # shortest wait: >0 trades up to this much send lag for fewer wake-ups
+    tick: float = 0.0002  # shortest wait: coalesces wake-ups, adding at most this send lag
+    window: int = 0  # >0: closed loop, this many requests outstanding per device
+    burst: int = 16  # open loop: consecutive requests per device (one sendmmsg)
+    cpus: tuple[int, ...] = ()  # CPUs the generator processes are pinned to (none: any)
 
     @property
     def total(self) -> int:
@@ -87,7 +105,9 @@ class LoadSpec:
 
 
 def min_devices(spec: LoadSpec) -> int:
-    """Devices needed so that no device reuses a Message ID within the run."""
+    """Devices needed so that no device reuses a Message ID within an open-loop run."""
+    if spec.window:
+        return 1
     return max(1, math.ceil(spec.total / MAX_SEQ_PER_DEVICE))
 
 
@@ -96,23 +116,7 @@ def pick_bind_address(host: str) -> str:
     the server's dedup cache of an earlier run; other targets bind the wildcard."""
     if host.startswith("127."):
         return f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-    if host in ("::1", "localhost"):
-        return ""
     return ""
-
-
-def _open_sockets(spec: LoadSpec, n: int) -> list[socket.socket]:
-    family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
-    socks = []
-    for _ in range(n):
-        s = socket.socket(family, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        if spec.bind:
-            s.bind((spec.bind, 0))
-        s.connect((spec.host, spec.port))
-        s.setblocking(False)
-        socks.append(s)
-    return socks
 
 
 def _set_timer_slack() -> None:
@@ -124,6 +128,137 @@ def _set_timer_slack() -> None:
         libc.prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, nanoseconds
     except (OSError, AttributeError):
         pass
+
+
+def _schedstat() -> tuple[float, float]:
+    """(seconds on CPU, seconds waiting for a CPU) of this process so far."""
+    try:
+        with open("/proc/self/schedstat") as f:
+            on, wait = f.read().split()[:2]
+        return int(on) / 1e9, int(wait) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
+class _Devices:
+    """One process's device sockets, their templates, and the batched I/O on them."""
+
+    def __init__(self, spec: LoadSpec, index: int) -> None:
+        procs = spec.procs
+        self.ids = [d for d in range(spec.devices) if d % procs == index]
+        family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
+        self.socks: list[socket.socket] = []
+        for _ in self.ids:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            if spec.bind:
+                s.bind((spec.bind, 0))
+            s.connect((spec.host, spec.port))
+            s.setblocking(False)
+            self.socks.append(s)
+        nonce = random.getrandbits(16)
+        templates = [
+            wire.build_template(
+                spec.fmt,
+                wire.origin_name(d),
+                spec.events,
+                (nonce << 16) | (d & 0xFFFF),
+                spec.path,
+                con=not spec.non,
+            )
+            for d in self.ids
+        ]
+        self.size = len(templates[0].buf)
+        if any(len(t.buf) != self.size for t in templates):
+            raise ValueError("device templates differ in length")
+        self.stagers = [t.stager() for t in templates]
+        self.fds = [s.fileno() for s in self.socks]
+        self.mid_base = [random.getrandbits(16) for _ in self.ids]
+        self.ep = select.epoll()
+        self.fd2dev: dict[int, int] = {}
+        for i, fd in enumerate(self.fds):
+            self.ep.register(fd, select.EPOLLIN)
+            self.fd2dev[fd] = i
+        self.batched = batch.available() and mmsg.available()
+        self.arena: batch.Arena | None = None
+        self.readers: list[Callable[[], list[tuple[bytes, Any]]]] = []
+        if self.batched:
+            self.arena = batch.Arena(self.size, 64)
+            self.readers = [mmsg.DatagramBatch(s, 64, 512).recv for s in self.socks]
+        else:
+            self.readers = [self._reader(s) for s in self.socks]
+        self.scratch = bytearray(self.size * 64)
+
+    @staticmethod
+    def _reader(sock: socket.socket) -> Callable[[], list[tuple[bytes, Any]]]:
+        def read() -> list[tuple[bytes, Any]]:
+            out = []
+            for _ in range(64):
+                try:
+                    out.append((sock.recv(2048), None))
+                except BlockingIOError:
+                    break
+            return out
+
+        return read
+
+    def flush(self, dev: int, count: int) -> int:
+        """Send the ``count`` datagrams staged in the arena (or scratch) from ``dev``."""
+        if self.arena is not None:
+            return self.arena.flush(self.fds[dev], count)
+        sent = 0
+        size = self.size
+        for i in range(count):
+            with contextlib.suppress(OSError):
+                self.socks[dev].send(self.scratch[i * size : (i + 1) * size])
+                sent += 1
+        return sent
+
+    @property
+    def buf(self) -> bytearray:
+        return self.arena.buf if self.arena is not None else self.scratch
+
+    def send_one(self, dev: int, mid: int, token: int, uniq: int) -> bool:
+        """Send one request at once (retransmissions; never on the arena's slots)."""
+        self.stagers[dev](self.scratch, 0, mid, token, uniq)
+        try:
+            self.socks[dev].send(self.scratch[: self.size])
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.ep.close()
+        for s in self.socks:
+            s.close()
+
+
+class _Tally:
+    """Histograms and counters of one process's run, filled by the loops."""
+
+    def __init__(self) -> None:
+        self.lat = [0] * N_BUCKETS
+        self.lag = [0] * N_BUCKETS
+        self.lat_max = 0
+        self.lat_min = 1 << 62
+        self.lag_max = 0
+        self.codes = [0] * 257  # index 256: RST
+
+
+def _bucket(v: int) -> int:
+    if v < _EXACT:
+        return v if v > 0 else 0
+    e = v.bit_length() - SUB_BITS
+    return _EXACT + ((e - 1) << (SUB_BITS - 1)) + (v >> e) - _HALF
+
+
+def _histogram(counts: list[int], vmin: int | None, vmax: int) -> dict[str, object]:
+    h = LogHistogram()
+    h.counts = counts
+    h.total = sum(counts)
+    h.max = vmax
+    h.min = vmin if h.total else None
+    return h.to_dict()
 
 
 def run_share(
@@ -140,197 +275,195 @@ def run_share(
     ``progress`` is a shared array of doubles updated every 50 ms.
     """
     _set_timer_slack()
-    procs = spec.procs
-    my_devices = [d for d in range(spec.devices) if d % procs == index]
-    ndev = len(my_devices)
-    socks = _open_sockets(spec, ndev)
-    nonce = random.getrandbits(16)
-    templates = [
-        wire.build_template(
-            spec.fmt, f"dev-{d}", spec.events, (nonce << 16) | d, spec.path, con=not spec.non
-        )
-        for d in my_devices
-    ]
-    patches = [t.patcher() for t in templates]
-    sends = [s.send for s in socks]
-    mid_base = [random.getrandbits(16) for _ in range(ndev)]
-    ep = select.epoll()
-    fd2dev: dict[int, int] = {}
-    for i, s in enumerate(socks):
-        ep.register(s.fileno(), select.EPOLLIN)
-        fd2dev[s.fileno()] = i
-    epfd = [ep.fileno()]
-    recvs = [s.recv for s in socks]
+    if spec.cpus:
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setaffinity(0, {spec.cpus[index % len(spec.cpus)]})
+    devs = _Devices(spec, index)
+    try:
+        if ready is not None:
+            start = ready()
+        elif start is None:
+            start = time.monotonic() + 0.05
+        loop = _closed_loop if spec.window else _open_loop
+        return loop(spec, index, start, progress, devs)
+    finally:
+        devs.close()
 
-    if ready is not None:
-        start = ready()
-    elif start is None:
-        start = time.monotonic() + 0.05
+
+def _publish(progress: Any, index: int, values: tuple[float, ...]) -> None:
+    if progress is not None:
+        base = index * _NFIELDS
+        for i, v in enumerate(values):
+            progress[base + i] = v
+
+
+def _open_loop(
+    spec: LoadSpec, index: int, start: float, progress: Any, devs: _Devices
+) -> dict[str, Any]:
+    procs = spec.procs
+    ndev = len(devs.ids)
     sched = Schedule(start, spec.rate, spec.total, index, procs)
     count = sched.count
     rate = sched.rate
-    # first k of this process that is measured (global index >= first_measured)
+    # this process's k-th request is due at t0 + k * per
+    t0 = start + index / rate
+    per = procs / rate
     k_warm = max(0, math.ceil((spec.first_measured - index) / procs))
-
-    lat_counts = [0] * len(LogHistogram().counts)
-    lag_counts = [0] * len(lat_counts)
-    lat_max = 0
-    lag_max = 0
-    lat_min = 1 << 62
-    codes: dict[int, int] = {}
-    pending: dict[int, int] = {}  # k -> transmissions so far
-    acked: set[int] = set()  # CONs answered by an empty ACK, awaiting a separate response
-    # First-transmission timers: the random factor is drawn from _RTO_LEVELS equal
-    # steps, and each step keeps a FIFO of (deadline, k): sends happen in time order,
-    # so each FIFO is sorted by deadline and costs an append and a popleft per request
-    # (a heap cost ~1 us more per request, most of it for timers already answered).
-    # Later retransmissions are rare and go to a heap.
-    rto_levels = [
-        spec.ack_timeout * (1.0 + (spec.ack_random_factor - 1.0) * (i + 0.5) / _RTO_LEVELS)
-        for i in range(_RTO_LEVELS)
-    ]
-    fifos: list[deque[tuple[float, int]]] = [deque() for _ in range(_RTO_LEVELS)]
-    appends = [f.append for f in fifos]
-    next_fifo = math.inf  # earliest head deadline over the FIFOs
-    rtx: list[tuple[float, int, int, float]] = []  # (deadline, k, tx, rto)
-    con = not spec.non
-    max_retransmit = spec.max_retransmit
-    timeout = spec.timeout
-    rnd = random.random
-    mono = time.monotonic
-    heappush, heappop = heapq.heappush, heapq.heappop
+    burst = max(1, spec.burst)
+    size = devs.size
+    slots = 64
+    buf = devs.buf
+    stagers = devs.stagers
+    mid_base = devs.mid_base
+    sent_by_dev = [0] * ndev
+    flush = devs.flush
+    readers = devs.readers
+    fd2dev = devs.fd2dev
+    poll = devs.ep.poll
+    epfd = [devs.ep.fileno()]
     sel = select.select
-    poll = ep.poll
+    mono = time.monotonic
     tick = spec.tick
+    timeout = spec.timeout
+    con = not spec.non
+    ack_timeout = spec.ack_timeout
+    spread = spec.ack_random_factor - 1.0
+    max_retransmit = spec.max_retransmit
+    rnd = random.random
+    heappush, heappop = heapq.heappush, heapq.heappop
+
+    state = bytearray(count)
+    t = _Tally()
+    lat_counts, lag_counts, codes = t.lat, t.lag, t.codes
+    lat_max, lat_min, lag_max = 0, 1 << 62, 0
+    span = spec.warmup + spec.duration + timeout + 2.0
+    timeline = [0] * (int(span * TIMELINE_HZ) + 2)
+    tl_last = len(timeline) - 1
+    rtx: list[tuple[float, int, int, float]] = []  # (deadline, k, transmissions, rto)
 
     k = 0  # next request to send
+    kr = 0  # next request whose first retransmission timer is checked
     kt = 0  # next request whose timeout is checked
-    sent_measured = 0
-    answered = 0
-    ok = 0
-    timeouts = 0
-    retrans = 0
-    send_errors = 0
-    icmp_errors = 0
-    late = 0
-    separate = 0
-    rsts = 0
-    stale = 0
-    first_send = 0.0
-    last_send = 0.0
-    last_answer = 0.0
-    idx = index
-    step = procs
+    sent_measured = answered = ok = timeouts = retrans = 0
+    send_errors = icmp_errors = late = separate = rsts = stale = 0
+    first_send = last_send = last_answer = 0.0
+    next_sweep = 0.0
     next_progress = 0.0
     hard_end = sched.time_of(count - 1) + timeout + 0.5 if count else start
 
-    def find_by_mid(dev: int, mid: int) -> int:
-        # the device's most recent seq whose MID low 16 bits match
-        if k == 0:
+    def k_of_mid(dev: int, mid: int) -> int:
+        # the device's most recent request whose MID matches (empty ACK, RST)
+        n = sent_by_dev[dev]
+        if n == 0:
             return -1
-        last_k = k - 1 - ((k - 1 - dev) % ndev) if k - 1 >= dev else -1
-        if last_k < 0:
+        seq = n - 1 - ((mid_base[dev] + n - 1 - mid) & 0xFFFF)
+        if seq < 0:
             return -1
-        seq_cur = last_k // ndev
-        seq = seq_cur - ((mid_base[dev] + seq_cur - mid) & 0xFFFF)
-        return seq * ndev + dev if seq >= 0 else -1
+        return ((seq // burst) * ndev + dev) * burst + seq % burst
 
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    sch0 = _schedstat()
+    wall0 = mono()
     while True:
         now = mono()
-        # 1. send everything that is due
+        # 1. send everything that is due, a device burst per sendmmsg
         i_due = math.floor((now - start) * rate + 1e-6)
-        due = 0 if i_due < idx else min(count, (i_due - idx) // step + 1)
-        while k < due:
-            dev = k % ndev
-            seq = k // ndev
-            try:
-                sends[dev](patches[dev]((mid_base[dev] + seq) & 0xFFFF, seq))
-            except OSError:
-                send_errors += 1  # buffer full or refused: the retransmission timer covers it
-            t_sched = start + (k * step + idx) / rate
-            lag = int((now - t_sched) * 1e6)
+        due = 0 if i_due < index else min(count, (i_due - index) // procs + 1)
+        if k < due:
+            lag = int((now - (t0 + k * per)) * 1e6)
             if lag < 0:
                 lag = 0
-            if k >= k_warm:
-                if lag < _EXACT:
-                    lag_counts[lag] += 1
-                else:
-                    e = lag.bit_length() - SUB_BITS
-                    lag_counts[_EXACT + ((e - 1) << (SUB_BITS - 1)) + (lag >> e) - _HALF] += 1
+            k_first = k
+            while k < due:
+                block = k // burst
+                dev = block % ndev
+                end = (block + 1) * burst
+                if end > due:
+                    end = due
+                if end - k > slots:
+                    end = k + slots
+                seq = (block // ndev) * burst + k % burst
+                base = mid_base[dev] + seq
+                stage = stagers[dev]
+                at = 0
+                for kk in range(k, end):
+                    stage(buf, at, (base + kk - k) & 0xFFFF, kk, kk)
+                    at += size
+                n = end - k
+                send_errors += n - flush(dev, n)
+                sent_by_dev[dev] += n
+                k = end
+            state[k_first:k] = b"\x01" * (k - k_first)
+            measured = k - (k_warm if k_first < k_warm else k_first)
+            if measured > 0:
+                lag_counts[_bucket(lag)] += measured
                 if lag > lag_max:
                     lag_max = lag
                 if sent_measured == 0:
                     first_send = now
-                sent_measured += 1
+                sent_measured += measured
                 last_send = now
-            pending[k] = 1
-            if con:
-                lvl = int(rnd() * _RTO_LEVELS)
-                deadline = now + rto_levels[lvl]
-                appends[lvl]((deadline, k))
-                if deadline < next_fifo:
-                    next_fifo = deadline
-            k += 1
 
-        # 2. retransmit expired CONs (same MID and token: the server dedups them)
-        if next_fifo <= now:
-            for lvl, fifo in enumerate(fifos):
-                while fifo and fifo[0][0] <= now:
-                    _, kk = fifo.popleft()
-                    if kk in pending and kk not in acked:
-                        heappush(rtx, (now, kk, 1, rto_levels[lvl]))
-            next_fifo = min((f[0][0] for f in fifos if f), default=math.inf)
+        if now >= next_sweep:
+            next_sweep = now + _SWEEP_S
+            # 2. first retransmission timers: requests still pending ACK_TIMEOUT after
+            # their schedule get a randomised timer (most were answered long before)
+            if con:
+                lim = min(k, math.floor((now - ack_timeout - t0) / per) + 1)
+                while kr < lim:
+                    j = state.find(_PENDING, kr, lim)
+                    if j < 0:
+                        break
+                    rto = ack_timeout * (1.0 + spread * rnd())
+                    heappush(rtx, (t0 + j * per + rto, j, 1, rto))
+                    kr = j + 1
+                if kr < lim:
+                    kr = lim
+            # 3. give up on requests older than the timeout (from their schedule)
+            lim = min(k, math.floor((now - timeout - t0) / per) + 1)
+            if lim > kt:
+                seg = state[kt:lim]
+                lost = seg.count(_PENDING) + seg.count(_EMPTY_ACKED)
+                if lost:
+                    if kt < k_warm:
+                        warm = state[kt : min(lim, k_warm)]
+                        lost -= warm.count(_PENDING) + warm.count(_EMPTY_ACKED)
+                    timeouts += lost
+                    state[kt:lim] = seg.translate(_EXPIRE)
+                kt = lim
+            if progress is not None and now >= next_progress:
+                _publish(progress, index, (sent_measured, answered, ok, timeouts, retrans))
+                progress[index * _NFIELDS + _LAG] = lag_max / 1e3
+                next_progress = now + 0.05
+            if kt >= count or now > hard_end:
+                break
+            if k >= count and state.find(_PENDING, kt) < 0 and state.find(_EMPTY_ACKED, kt) < 0:
+                break
+
+        # 4. retransmit expired CONs (same MID and token: the server dedups them)
         while rtx and rtx[0][0] <= now:
-            _, kk, tx, rto = heappop(rtx)
-            if kk not in pending or kk in acked or tx > max_retransmit:
+            _, j, tx, rto = heappop(rtx)
+            if state[j] != _PENDING or tx > max_retransmit:
                 continue
-            dev = kk % ndev
-            seq = kk // ndev
-            try:
-                sends[dev](patches[dev]((mid_base[dev] + seq) & 0xFFFF, seq))
-            except OSError:
+            block = j // burst
+            dev = block % ndev
+            seq = (block // ndev) * burst + j % burst
+            if not devs.send_one(dev, (mid_base[dev] + seq) & 0xFFFF, j, j):
                 send_errors += 1
             retrans += 1
-            pending[kk] = tx + 1
-            heappush(rtx, (now + rto * (1 << tx), kk, tx + 1, rto))
+            heappush(rtx, (now + rto * (1 << tx), j, tx + 1, rto))
 
-        # 3. give up on requests older than the timeout (measured from their schedule)
-        while kt < k and start + (kt * step + idx) / rate + timeout <= now:
-            if pending.pop(kt, None) is not None:
-                acked.discard(kt)
-                if kt >= k_warm:
-                    timeouts += 1
-            kt += 1
-
-        if progress is not None and now >= next_progress:
-            base = index * _NFIELDS
-            progress[base + _SENT] = sent_measured
-            progress[base + _ANSWERED] = answered
-            progress[base + _OK] = ok
-            progress[base + _TIMEOUTS] = timeouts
-            progress[base + _RETRANS] = retrans
-            progress[base + _LAG] = lag_max / 1e3
-            next_progress = now + 0.05
-
-        if kt >= count or now > hard_end or (k >= count and not pending):
-            break
-
-        # 4. wait for responses or the next due time
-        wait = start + (k * step + idx) / rate - now if k < count else 0.01
+        # 5. wait for responses or the next due time
+        wait = t0 + k * per - now if k < count else 0.01
         if rtx and rtx[0][0] - now < wait:
             wait = rtx[0][0] - now
-        if next_fifo - now < wait:
-            wait = next_fifo - now
         if wait > 0.01:
             wait = 0.01
         elif 0 < wait < tick:
-            wait = tick  # coalesce wake-ups: at most `tick` of added send lag
+            wait = tick
         if wait >= 0.002:
-            # whole milliseconds: one epoll_wait (rounded down, never oversleeping)
             events = poll(math.floor(wait * 1000.0) / 1000.0)
         elif wait > 0:
-            # sub-millisecond: select() on the epoll fd has microsecond timeouts
             r, _, _ = sel(epfd, [], [], wait)
             if not r:
                 continue
@@ -340,88 +473,75 @@ def run_share(
         for fd, _ev in events:
             dev = fd2dev[fd]
             try:
-                data = recvs[dev](2048)
-            except BlockingIOError:
-                continue
+                got = readers[dev]()
             except OSError:
                 icmp_errors += 1  # ICMP port unreachable: nobody listens (yet)
                 continue
+            if not got:
+                continue
             now = mono()
-            if len(data) < 4:
-                continue
-            b0 = data[0]
-            typ = (b0 >> 4) & 3
-            tkl = b0 & 0x0F
-            code = data[1]
-            if typ == 2 and code == 0:
-                # empty ACK: a separate response follows; stop retransmitting
-                kk = find_by_mid(dev, (data[2] << 8) | data[3])
-                if kk in pending:
-                    acked.add(kk)
-                continue
-            if typ == 3:
-                kk = find_by_mid(dev, (data[2] << 8) | data[3])
-                rsts += 1
-                code = 0x100  # shown as "RST"
-            else:
-                if typ == 0:
-                    # a separate CON response: ACK it (again, if our ACK was lost)
-                    separate += 1
-                    try:
-                        sends[dev](wire.empty_ack((data[2] << 8) | data[3]))
-                    except OSError:
-                        send_errors += 1
-                if tkl != wire.TOKEN_LEN:
+            slot = int((now - start) * TIMELINE_HZ)
+            timeline[slot if 0 <= slot < tl_last else tl_last] += len(got)
+            lat_base = now - t0
+            for data, _peer in got:
+                if len(data) < 4:
                     stale += 1
                     continue
-                seq = int.from_bytes(data[4:8], "big")
-                kk = seq * ndev + dev
-            if pending.pop(kk, None) is None:
-                late += 1  # answer to a retransmission, or after the timeout
-                continue
-            if acked:
-                acked.discard(kk)
-            if kk < k_warm:
-                continue
-            answered += 1
+                b0 = data[0]
+                code = data[1]
+                if code == 0:
+                    j = k_of_mid(dev, (data[2] << 8) | data[3])
+                    if b0 & 0x30 == 0x20:  # empty ACK: a separate response follows
+                        if 0 <= j < count and state[j] == _PENDING:
+                            state[j] = _EMPTY_ACKED
+                        continue
+                    if b0 & 0x30 != 0x30:
+                        stale += 1
+                        continue
+                    rsts += 1
+                    code = 256
+                else:
+                    if b0 & 0x30 == 0:
+                        # a separate CON response: ACK it (again, if our ACK was lost)
+                        separate += 1
+                        with contextlib.suppress(OSError):
+                            devs.socks[dev].send(wire.empty_ack((data[2] << 8) | data[3]))
+                    if b0 & 0x0F != wire.TOKEN_LEN or len(data) < 8:
+                        stale += 1
+                        continue
+                    j = int.from_bytes(data[4:8], "big")
+                if j < 0 or j >= count:
+                    stale += 1
+                    continue
+                s = state[j]
+                if s != _PENDING and s != _EMPTY_ACKED:
+                    late += 1  # answer to a retransmission, or after the timeout
+                    continue
+                state[j] = _ANSWERED_STATE
+                if j < k_warm:
+                    continue
+                answered += 1
+                codes[code] += 1
+                lat = int((lat_base - j * per) * 1e6)
+                if lat < _EXACT:
+                    lat_counts[lat if lat > 0 else 0] += 1
+                else:
+                    e = lat.bit_length() - SUB_BITS
+                    lat_counts[_EXACT + ((e - 1) << (SUB_BITS - 1)) + (lat >> e) - _HALF] += 1
+                if lat > lat_max:
+                    lat_max = lat
+                if lat < lat_min:
+                    lat_min = lat
             last_answer = now
-            if 64 <= code < 96:
-                ok += 1
-            codes[code] = codes.get(code, 0) + 1
-            lat = int((now - (start + (kk * step + idx) / rate)) * 1e6)
-            if lat < _EXACT:
-                lat_counts[max(lat, 0)] += 1
-            else:
-                e = lat.bit_length() - SUB_BITS
-                lat_counts[_EXACT + ((e - 1) << (SUB_BITS - 1)) + (lat >> e) - _HALF] += 1
-            if lat > lat_max:
-                lat_max = lat
-            if lat < lat_min:
-                lat_min = lat
 
+    wall = mono() - wall0
+    sch1 = _schedstat()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    timeouts += sum(1 for kk in pending if kk >= k_warm)
-    ep.close()
-    for s in socks:
-        s.close()
-    if progress is not None:
-        base = index * _NFIELDS
-        progress[base + _SENT] = sent_measured
-        progress[base + _ANSWERED] = answered
-        progress[base + _OK] = ok
-        progress[base + _TIMEOUTS] = timeouts
-        progress[base + _RETRANS] = retrans
-    lat_h = LogHistogram()
-    lat_h.counts = lat_counts
-    lat_h.total = sum(lat_counts)
-    lat_h.max = lat_max
-    lat_h.min = lat_min if lat_h.total else None
-    lag_h = LogHistogram()
-    lag_h.counts = lag_counts
-    lag_h.total = sum(lag_counts)
-    lag_h.max = lag_max
-    lag_h.min = 0 if lag_h.total else None
+    timeouts += state.count(_PENDING, k_warm) + state.count(_EMPTY_ACKED, k_warm)
+    ok = sum(codes[64:96])
+    _publish(progress, index, (sent_measured, answered, ok, timeouts, retrans))
     return {
+        "mode": "open",
         "index": index,
         "devices": ndev,
         "start": start,
@@ -430,7 +550,7 @@ def run_share(
         "sent_total": k,
         "answered": answered,
         "ok": ok,
-        "codes": {("RST" if c == 0x100 else wire.code_str(c)): n for c, n in codes.items()},
+        "codes": _codes(codes),
         "timeouts": timeouts,
         "retransmissions": retrans,
         "send_errors": send_errors,
@@ -443,8 +563,179 @@ def run_share(
         "last_send": last_send,
         "last_answer": last_answer,
         "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-        "latency": lat_h.to_dict(),
-        "lag": lag_h.to_dict(),
+        "runq_wait_s": sch1[1] - sch0[1],
+        "wall_s": wall,
+        "batched": devs.batched,
+        "timeline_hz": TIMELINE_HZ,
+        "timeline": timeline,
+        "latency": _histogram(lat_counts, lat_min, lat_max),
+        "lag": _histogram(lag_counts, 0, lag_max),
+    }
+
+
+def _codes(codes: list[int]) -> dict[str, int]:
+    return {("RST" if c == 256 else wire.code_str(c)): n for c, n in enumerate(codes) if n}
+
+
+def _closed_loop(
+    spec: LoadSpec, index: int, start: float, progress: Any, devs: _Devices
+) -> dict[str, Any]:
+    ndev = len(devs.ids)
+    window = spec.window
+    size = devs.size
+    buf = devs.buf
+    stagers = devs.stagers
+    mid_base = devs.mid_base
+    flush = devs.flush
+    readers = devs.readers
+    fd2dev = devs.fd2dev
+    poll = devs.ep.poll
+    mono = time.monotonic
+    timeout = spec.timeout
+    measure_from = start + spec.warmup
+    end_at = measure_from + spec.duration
+    next_seq = [0] * ndev
+    outstanding: dict[int, float] = {}  # token (device << 16 | seq) -> send time
+    t = _Tally()
+    lat_counts, codes = t.lat, t.codes
+    lat_max, lat_min = 0, 1 << 62
+    timeline = [0] * (int((spec.warmup + spec.duration + 1.0) * TIMELINE_HZ) + 2)
+    tl_last = len(timeline) - 1
+    sent = sent_measured = answered = lost = send_errors = icmp_errors = 0
+    late = stale = separate = rsts = exhausted = 0
+
+    def refill(dev: int, n: int, now: float) -> int:
+        seq = next_seq[dev]
+        n = min(n, MAX_SEQ_PER_DEVICE - seq, 64)
+        if n <= 0:
+            return 0
+        stage = stagers[dev]
+        base = mid_base[dev]
+        tok = dev << 16
+        at = 0
+        for s in range(seq, seq + n):
+            stage(buf, at, (base + s) & 0xFFFF, tok | s, s)
+            outstanding[tok | s] = now
+            at += size
+        next_seq[dev] = seq + n
+        return flush(dev, n)
+
+    while mono() < start:
+        time.sleep(min(0.01, max(0.0, start - mono())))
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    sch0 = _schedstat()
+    wall0 = now = mono()
+    for dev in range(ndev):
+        sent += refill(dev, window, now)
+    next_sweep = now + 0.05
+    next_progress = now
+    while True:
+        now = mono()
+        if now >= end_at:
+            break
+        if now >= next_sweep:
+            next_sweep = now + 0.05
+            old = [tok for tok, ts in outstanding.items() if now - ts > timeout]
+            for tok in old:
+                del outstanding[tok]
+                if now >= measure_from:
+                    lost += 1
+                got_dev = tok >> 16
+                sent += refill(got_dev, 1, now)
+            if next_seq and min(next_seq) >= MAX_SEQ_PER_DEVICE and not outstanding:
+                exhausted = 1
+                break
+            if progress is not None and now >= next_progress:
+                _publish(progress, index, (sent_measured, answered, answered, lost, 0))
+                next_progress = now + 0.05
+        for fd, _ev in poll(min(0.01, end_at - now)):
+            dev = fd2dev[fd]
+            try:
+                got = readers[dev]()
+            except OSError:
+                icmp_errors += 1
+                continue
+            if not got:
+                continue
+            now = mono()
+            slot = int((now - start) * TIMELINE_HZ)
+            timeline[slot if 0 <= slot < tl_last else tl_last] += len(got)
+            measuring = now >= measure_from
+            freed = 0
+            for data, _peer in got:
+                if len(data) < 8 or data[0] & 0x0F != wire.TOKEN_LEN:
+                    if len(data) >= 4 and data[1] == 0 and data[0] & 0x30 == 0x30:
+                        rsts += 1  # a RST names no token: its slot frees at the timeout
+                    elif len(data) < 4 or data[1] != 0:
+                        stale += 1
+                    continue
+                b0 = data[0]
+                if b0 & 0x30 == 0:
+                    separate += 1
+                    with contextlib.suppress(OSError):
+                        devs.socks[dev].send(wire.empty_ack((data[2] << 8) | data[3]))
+                ts = outstanding.pop(int.from_bytes(data[4:8], "big"), None)
+                if ts is None:
+                    late += 1
+                    continue
+                freed += 1
+                if not measuring:
+                    continue
+                answered += 1
+                codes[data[1]] += 1
+                lat = int((now - ts) * 1e6)
+                if lat < _EXACT:
+                    lat_counts[lat if lat > 0 else 0] += 1
+                else:
+                    e = lat.bit_length() - SUB_BITS
+                    lat_counts[_EXACT + ((e - 1) << (SUB_BITS - 1)) + (lat >> e) - _HALF] += 1
+                if lat > lat_max:
+                    lat_max = lat
+                if lat < lat_min:
+                    lat_min = lat
+            if freed:
+                n = refill(dev, freed, now)
+                send_errors += freed - n if n < freed else 0
+                sent += n
+                if measuring:
+                    sent_measured += n
+    wall = mono() - wall0
+    sch1 = _schedstat()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    ok = sum(codes[64:96])
+    _publish(progress, index, (sent_measured, answered, ok, lost, 0))
+    return {
+        "mode": "closed",
+        "window": window,
+        "index": index,
+        "devices": ndev,
+        "start": start,
+        "measured_from": measure_from,
+        "sent": sent_measured,
+        "sent_total": sent,
+        "answered": answered,
+        "ok": ok,
+        "codes": _codes(codes),
+        "timeouts": lost,
+        "retransmissions": 0,
+        "send_errors": send_errors,
+        "icmp_errors": icmp_errors,
+        "late_responses": late,
+        "separate_responses": separate,
+        "rst": rsts,
+        "stale": stale,
+        "exhausted": exhausted,
+        "first_send": measure_from,
+        "last_send": min(end_at, mono()),
+        "last_answer": end_at,
+        "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+        "runq_wait_s": sch1[1] - sch0[1],
+        "wall_s": wall,
+        "batched": devs.batched,
+        "timeline_hz": TIMELINE_HZ,
+        "timeline": timeline,
+        "latency": _histogram(lat_counts, lat_min, lat_max),
+        "lag": _histogram([0] * N_BUCKETS, None, 0),
     }
 
 
@@ -468,6 +759,14 @@ class GeneratorError(RuntimeError):
     """A generator process failed; the message says why."""
 
 
+def _progress_line(label: str, phase: str, rates: list[float], tot: list[float]) -> str:
+    return (
+        f"{label:>16} {phase:>7} | sent {rates[_SENT]:7.0f}/s ok {rates[_OK]:7.0f}/s"
+        f" | timeouts {tot[_TIMEOUTS]:.0f} retrans {tot[_RETRANS]:.0f}"
+        f" | send lag max {tot[_LAG]:.1f} ms"
+    )
+
+
 def run_load(
     spec: LoadSpec, label: str = "", show_progress: bool = True, stream: Any = None
 ) -> list[dict[str, Any]]:
@@ -488,6 +787,7 @@ def run_load(
         p.start()
         child_end.close()
         children.append((p, parent_end))
+    tty = stream.isatty()
     try:
         for _p, conn in children:
             if not conn.poll(30):
@@ -499,7 +799,7 @@ def run_load(
         for _, conn in children:
             conn.send(("start", start))
         results: list[dict[str, Any]] = [{} for _ in children]
-        remaining = {i for i in range(len(children))}
+        remaining = set(range(len(children)))
         deadline = start + spec.warmup + spec.duration + spec.timeout + 30
         next_tick = start + 1.0
         prev = [0.0] * _NFIELDS
@@ -522,24 +822,18 @@ def run_load(
                     sum(progress[j * _NFIELDS + f] for j in range(spec.procs))
                     for f in range(_NFIELDS)
                 ]
-                lag_max = max(progress[j * _NFIELDS + _LAG] for j in range(spec.procs))
+                tot[_LAG] = max(progress[j * _NFIELDS + _LAG] for j in range(spec.procs))
                 if show_progress:
-                    end = "" if stream.isatty() else "\n"
-                    cr = "\r" if stream.isatty() else ""
                     el = now - start
                     phase = "warmup" if el < spec.warmup else f"{el - spec.warmup:5.1f}s"
-                    print(
-                        f"{cr}{label:>14} {phase:>7} | sent {tot[_SENT] - prev[_SENT]:8.0f}/s"
-                        f" ok {tot[_OK] - prev[_OK]:8.0f}/s | timeouts {tot[_TIMEOUTS]:.0f}"
-                        f" retrans {tot[_RETRANS]:.0f} | send lag max {lag_max:.1f} ms ",
-                        end=end,
-                        file=stream,
-                        flush=True,
-                    )
+                    rates = [a - b for a, b in zip(tot, prev, strict=True)]
+                    line = _progress_line(label, phase, rates, tot)
+                    print(("\r" + line) if tty else line, end="" if tty else "\n", file=stream)
+                    stream.flush()
                 prev = tot
                 next_tick += 1.0
             time.sleep(0.02)
-        if show_progress and stream.isatty():
+        if show_progress and tty:
             print("", file=stream, flush=True)
         return results
     finally:

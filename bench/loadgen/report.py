@@ -24,69 +24,135 @@ from .histogram import LogHistogram
 
 SCHEMA = "iot-collector-loadtest/1"
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-RUN_KEYS = (
-    "label",
-    "server",
-    "replicas",
-    "rate",
-    "duration",
-    "sent",
-    "sent_rate",
-    "answered",
-    "ok",
-    "ok_rate",
-    "codes",
-    "timeouts",
-    "retransmissions",
-    "latency_ms",
-    "send_lag_ms",
-    "generator_kept_up",
-)
 # The generator "kept up" when it sent at least this share of the schedule and its
 # send lag stayed this small at p99; otherwise figures measure the generator.
 KEPT_UP_SHARE = 0.98
 KEPT_UP_LAG_P99_MS = 10.0
 
 
-def summarize(
-    raw: Sequence[dict[str, Any]], spec: LoadSpec, label: str, server: str, replicas: int
-) -> dict[str, Any]:
-    """One run's summary (see the module docstring) from its processes' raw results."""
+# The generator is taken to be the limit when its busiest process spent at least this
+# share of the run on a CPU (no idle time left to wait for answers in). Time spent
+# waiting in the run queue is reported on its own: a large share of it means the
+# machine was oversubscribed, and every figure of the run is the machine's.
+SATURATED_SHARE = 0.85
+STARVED_SHARE = 0.25
+_COUNTERS = (
+    "sent",
+    "sent_total",
+    "answered",
+    "ok",
+    "timeouts",
+    "retransmissions",
+    "send_errors",
+    "icmp_errors",
+    "late_responses",
+    "separate_responses",
+    "rst",
+    "stale",
+)
+
+
+def merge(raw: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The processes' raw results of one run as one: counters and codes added,
+    histograms merged, timelines added slot by slot (the processes share one start),
+    CPU added, and the busiest process's shares of the run on a CPU and in the run
+    queue."""
     lat = LogHistogram()
     lag = LogHistogram()
     codes: dict[str, int] = {}
-    totals = {
-        k: 0
-        for k in (
-            "sent",
-            "answered",
-            "ok",
-            "timeouts",
-            "retransmissions",
-            "send_errors",
-            "icmp_errors",
-            "late_responses",
-            "separate_responses",
-            "rst",
-            "stale",
-        )
-    }
+    totals = dict.fromkeys(_COUNTERS, 0)
+    timeline: list[int] = []
     cpu = 0.0
-    sent_total = 0
+    cpu_share = runq_share = 0.0
     last_send = 0.0
-    measured_from = min((r["measured_from"] for r in raw), default=0.0)
     for r in raw:
         lat.merge(LogHistogram.from_dict(r["latency"]))
         lag.merge(LogHistogram.from_dict(r["lag"]))
         for c, n in r["codes"].items():
             codes[c] = codes.get(c, 0) + n
         for k in totals:
-            totals[k] += int(r[k])
+            totals[k] += int(r.get(k, 0))
         cpu += float(r["cpu_s"])
-        sent_total += int(r["sent_total"])
+        wall = float(r.get("wall_s") or 0.0)
+        if wall > 0:
+            cpu_share = max(cpu_share, float(r["cpu_s"]) / wall)
+            runq_share = max(runq_share, float(r.get("runq_wait_s", 0.0)) / wall)
         last_send = max(last_send, float(r["last_send"]))
-    span = max(spec.duration, last_send - measured_from)
-    scheduled = spec.total - spec.first_measured
+        tl = r.get("timeline") or []
+        if len(tl) > len(timeline):
+            timeline += [0] * (len(tl) - len(timeline))
+        for i, n in enumerate(tl):
+            timeline[i] += n
+    return {
+        **totals,
+        "codes": dict(sorted(codes.items())),
+        "latency": lat,
+        "lag": lag,
+        "cpu_s": cpu,
+        "cpu_share": cpu_share,
+        "runq_share": runq_share,
+        "last_send": last_send,
+        "measured_from": min((r["measured_from"] for r in raw), default=0.0),
+        "start": min((r.get("start", 0.0) for r in raw), default=0.0),
+        "timeline": timeline,
+        "timeline_hz": int(raw[0].get("timeline_hz", 10)) if raw else 10,
+        "batched": all(r.get("batched", False) for r in raw),
+    }
+
+
+def stalls(
+    timeline: Sequence[int], hz: int, first: int, last: int, min_slots: int = 2
+) -> dict[str, Any]:
+    """Answer-rate stalls in ``timeline[first:last]`` (answers per 1/hz s).
+
+    A stall is a run of at least ``min_slots`` slots answering under a tenth of the
+    median slot. Returns the overall rate, the rate between stalls, and the stalls
+    (count, seconds in all, longest), so a server that pauses (GC) shows as such
+    rather than as one low number.
+    """
+    window = list(timeline[first:last])
+    if not window:
+        return {"overall_rate": 0.0, "between_rate": 0.0, "count": 0, "stalled_s": 0.0,
+                "longest_s": 0.0}  # fmt: skip
+    median = sorted(window)[len(window) // 2]
+    low = [n < 0.1 * median for n in window] if median > 0 else [False] * len(window)
+    runs: list[int] = []
+    i = 0
+    while i < len(low):
+        if low[i]:
+            j = i
+            while j < len(low) and low[j]:
+                j += 1
+            if j - i >= min_slots:
+                runs.append(j - i)
+                for s in range(i, j):
+                    low[s] = True
+            else:
+                for s in range(i, j):
+                    low[s] = False
+            i = j
+        else:
+            i += 1
+    stalled = sum(runs)
+    between = [n for n, is_low in zip(window, low, strict=True) if not is_low]
+    return {
+        "overall_rate": round(sum(window) * hz / len(window), 1),
+        "between_rate": round(sum(between) * hz / len(between), 1) if between else 0.0,
+        "count": len(runs),
+        "stalled_s": round(stalled / hz, 2),
+        "longest_s": round(max(runs, default=0) / hz, 2),
+    }
+
+
+def summarize(
+    raw: Sequence[dict[str, Any]], spec: LoadSpec, label: str, server: str, replicas: int
+) -> dict[str, Any]:
+    """One run's summary (see the module docstring) from its processes' raw results."""
+    m = merge(raw)
+    lat, lag = m["latency"], m["lag"]
+    closed = spec.window > 0
+    span = spec.duration if closed else max(spec.duration, m["last_send"] - m["measured_from"])
+    scheduled = m["sent"] if closed else spec.total - spec.first_measured
 
     def ms(v: int | None) -> float | None:
         return None if v is None else round(v / 1000.0, 3)
@@ -96,15 +162,22 @@ def summarize(
     latency["min"] = ms(lat.min)
     lag_ms = {k: ms(v) for k, v in lag.percentiles((50.0, 99.0)).items()}
     lag_ms["max"] = ms(lag.max) if lag.count else None
-    kept_up = totals["sent"] >= KEPT_UP_SHARE * scheduled and (lag_ms["p99"] or 0.0) <= (
+    on_schedule = m["sent"] >= KEPT_UP_SHARE * scheduled and (lag_ms["p99"] or 0.0) <= (
         KEPT_UP_LAG_P99_MS
     )
+    saturated = m["cpu_share"] >= SATURATED_SHARE
+    hz = m["timeline_hz"]
+    first = max(0, int((m["measured_from"] - m["start"]) * hz) + 1)
+    stall = stalls(m["timeline"], hz, first, first + int(spec.duration * hz) - 1)
+    totals = {k: m[k] for k in _COUNTERS if k != "sent_total"}
     return {
         "label": label,
         "server": server,
         "replicas": replicas,
+        "mode": "closed" if closed else "open",
+        "window": spec.window,
         "target": f"{spec.host}:{spec.port}",
-        "rate": spec.rate,
+        "rate": spec.rate if not closed else None,
         "duration": spec.duration,
         "warmup": spec.warmup,
         "devices": spec.devices,
@@ -115,17 +188,31 @@ def summarize(
         "timeout": spec.timeout,
         "scheduled": scheduled,
         **totals,
-        "sent_rate": round(totals["sent"] / span, 1),
-        "answered_rate": round(totals["answered"] / span, 1),
-        "ok_rate": round(totals["ok"] / span, 1),
-        "codes": dict(sorted(codes.items())),
+        "sent_rate": round(m["sent"] / span, 1),
+        "answered_rate": round(m["answered"] / span, 1),
+        "ok_rate": round(m["ok"] / span, 1),
+        "codes": m["codes"],
         "latency_ms": latency,
         "send_lag_ms": lag_ms,
-        "generator_kept_up": kept_up,
-        "generator_cpu_s": round(cpu, 3),
-        "generator_cpu_us_per_request": round(cpu / sent_total * 1e6, 2) if sent_total else None,
+        "generator_kept_up": on_schedule if not closed else not saturated,
+        "generator_saturated": saturated,
+        "generator_cpu_share": round(m["cpu_share"], 2),
+        "generator_runq_share": round(m["runq_share"], 2),
+        "machine_busy": m["runq_share"] >= STARVED_SHARE,
+        "generator_batched": m["batched"],
+        "generator_cpu_s": round(m["cpu_s"], 3),
+        "generator_cpu_us_per_request": (
+            round(m["cpu_s"] / m["sent_total"] * 1e6, 2) if m["sent_total"] else None
+        ),
+        "stalls": stall,
         "histogram_us": lat.to_dict(),
     }
+
+
+def generator_limited(run: dict[str, Any]) -> bool:
+    """Whether the generator, not the server, set this run's figures: it fell behind
+    its schedule (open loop) or had no CPU left (either loop)."""
+    return not run["generator_kept_up"] or bool(run.get("generator_saturated"))
 
 
 def passes(run: dict[str, Any], p99_bound_ms: float) -> bool:
@@ -231,26 +318,61 @@ def _codes(codes: dict[str, int]) -> str:
     return " ".join(f"{c}:{n}" for c, n in codes.items()) or "-"
 
 
+def _offered(r: dict[str, Any]) -> str:
+    return f"{r['rate']:.0f}" if r.get("rate") else f"closed w={r.get('window', 0)}"
+
+
+def _stall_text(st: dict[str, Any] | None) -> str:
+    if not st or not st.get("count"):
+        return "-"
+    return (
+        f"{st['count']} ({st['stalled_s']:.1f} s, longest {st['longest_s']:.1f} s;"
+        f" {st['between_rate']:.0f}/s between)"
+    )
+
+
 def runs_table(runs: Sequence[dict[str, Any]]) -> str:
     """One Markdown row per run."""
     head = (
         "| configuration | offered/s | sent/s | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms |"
-        " max ms | codes | timeouts | retrans | gen lag p99 ms | server CPU us/req |"
+        " max ms | codes | timeouts | retrans | gen lag p99 ms | stalls | server CPU us/req |"
         " gen CPU us/req |"
     )
-    rows = [head, "|" + "---|" * 15]
+    rows = [head, "|" + "---|" * 16]
     for r in runs:
         lat = r["latency_ms"]
+        behind = ""
+        if r.get("generator_saturated"):
+            behind = " (generator saturated)"
+        elif not r["generator_kept_up"]:
+            behind = " (generator behind)"
         rows.append(
-            f"| {r['label']} | {r['rate']:.0f} | {r['sent_rate']:.0f} | {r['ok_rate']:.0f} |"
+            f"| {r['label']} | {_offered(r)} | {r['sent_rate']:.0f} | {r['ok_rate']:.0f} |"
             f" {_f(lat['p50'])} | {_f(lat['p90'])} | {_f(lat['p99'])} | {_f(lat['p99.9'])} |"
             f" {_f(lat['max'])} | {_codes(r['codes'])} | {r['timeouts']} |"
-            f" {r['retransmissions']} | {_f(r['send_lag_ms']['p99'])}"
-            f"{'' if r['generator_kept_up'] else ' (generator behind)'} |"
+            f" {r['retransmissions']} | {_f(r['send_lag_ms']['p99'])}{behind} |"
+            f" {_stall_text(r.get('stalls'))} |"
             f" {_f(r.get('server_cpu_us_per_request'), 1)} |"
             f" {_f(r.get('generator_cpu_us_per_request'), 1)} |"
         )
     return "\n".join(rows)
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and count of repeated measurements (None when there are none)."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    n = len(vals)
+    mid = vals[n // 2] if n % 2 else (vals[n // 2 - 1] + vals[n // 2]) / 2
+    return {"median": mid, "min": vals[0], "max": vals[-1], "n": n}
+
+
+def _rate_text(sp: dict[str, Any], limited: bool = False) -> str:
+    if sp.get("median") is None:
+        return "-"
+    text = f"{sp['median']:.0f} [{sp['min']:.0f}-{sp['max']:.0f}]"
+    return (">= " + text + " (generator limit)") if limited else text
 
 
 def side_by_side(runs: Sequence[dict[str, Any]]) -> str:
@@ -265,25 +387,28 @@ def side_by_side(runs: Sequence[dict[str, Any]]) -> str:
 
 
 def compare_table(compare: dict[str, Any]) -> str:
-    """Capacity and p99 at the common rate per server, with ratios to the collector."""
-    common = compare.get("common_rate")
-    common_text = f"{common:g}" if common else "-"
+    """Per server: max (closed loop) and capacity (open loop, the rule), each the median
+    of the repetitions with [min-max], their ratio, the ratio to the echo peer's max,
+    stalls seen in the max runs, and CPU per request of the server and the generator."""
     rows = [
-        f"| server | capacity req/s (p99 <= {compare['p99_bound_ms']:g} ms, no errors) |"
-        f" p99 ms at {common_text} req/s | p50 ms at common | capacity / collector |"
-        " collector / server | server CPU us/req at common | startup s |",
+        "| server | max req/s (closed loop) | capacity req/s (p99 <="
+        f" {compare['p99_bound_ms']:g} ms, no losses) | capacity / max | max / echo max |"
+        " stalls (max runs) | server CPU us/req | generator CPU us/req |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    ref = compare.get("reference_capacity") or 0
+    echo = compare.get("echo_max")
     for s in compare["servers"]:
-        cap = s.get("capacity")
-        ratio = f"{cap / ref:.2f}" if cap and ref else "-"
-        inv = f"{ref / cap:.1f}x" if cap and ref else "-"
+        if s.get("skipped"):
+            rows.append(f"| {s['name']} | {s['skipped']} | - | - | - | - | - | - |")
+            continue
+        mx, cap = s["max"], s["capacity"]
+        ratio = f"{cap['median'] / mx['median']:.2f}" if cap["median"] and mx["median"] else "-"
+        vs_echo = f"{mx['median'] / echo:.2f}" if echo and mx["median"] else "-"
         rows.append(
-            f"| {s['name']} | {_g(cap) if cap is not None else s.get('skipped', '-')} |"
-            f" {_f(s.get('p99_at_common_ms'))} | {_f(s.get('p50_at_common_ms'))} |"
-            f" {ratio} | {inv} | {_f(s.get('cpu_us_at_common'), 1)} |"
-            f" {_f(s.get('startup_s'), 3)} |"
+            f"| {s['name']} | {_rate_text(mx, s.get('max_generator_limited', False))} |"
+            f" {_rate_text(cap, s.get('capacity_generator_limited', False))} | {ratio} |"
+            f" {vs_echo} | {_stall_text(s.get('stalls'))} |"
+            f" {_f(s.get('server_cpu_us'), 1)} | {_f(s.get('generator_cpu_us'), 1)} |"
         )
     return "\n".join(rows)
 

@@ -200,9 +200,13 @@ class Fleet:
         cpu_limit: float | None = None,
         netns: str | None = None,
         cwd: Path | None = None,
+        cpus: Sequence[int] = (),
     ) -> Proc:
         limit = None
         cmd = list(argv)
+        if cpus:
+            # pinned before exec, so forked workers and JVM threads inherit the set
+            cmd = ["taskset", "-c", ",".join(str(c) for c in cpus), *cmd]
         if netns is not None:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         if cpu_limit:
@@ -413,6 +417,7 @@ def start_server(
     mode: str = "reuseport",
     cpu_limit: float | None = None,
     ready_timeout: float = 60.0,
+    cpus: Sequence[int] = (),
 ) -> tuple[Fleet, str, int]:
     """Start server ``name`` (``replicas`` copies for the collector); return (fleet, host, port).
 
@@ -430,7 +435,7 @@ def start_server(
             fleet.tmpdir = tempfile.mkdtemp(prefix="iotbench-")
             for i, (nsname, ip) in enumerate(zip(ns.namespaces, ns.replica_ips, strict=True)):
                 argv = collector_argv(ip, port, opts, f"{fleet.tmpdir}/replica-{i}.db")
-                proc = fleet.start(f"collector-{i}", argv, cpu_limit, netns=nsname)
+                proc = fleet.start(f"collector-{i}", argv, cpu_limit, netns=nsname, cpus=cpus)
                 # probe each replica directly from the host, then the virtual IP
                 wait_ready(ip, port, proc.popen, ready_timeout)
             ns.add_service(port)
@@ -441,9 +446,9 @@ def start_server(
             fleet.tmpdir = tempfile.mkdtemp(prefix="iotbench-")
             for i in range(replicas):
                 argv = collector_argv(host, port, opts, f"{fleet.tmpdir}/replica-{i}.db")
-                fleet.start(f"collector-{i}", argv, cpu_limit)
+                fleet.start(f"collector-{i}", argv, cpu_limit, cpus=cpus)
         else:
-            fleet.start(name, peer_argv(name, host, port), cpu_limit)
+            fleet.start(name, peer_argv(name, host, port), cpu_limit, cpus=cpus)
         for p in fleet.procs:
             wait_ready(host, port, p.popen, ready_timeout)
         return fleet, host, port

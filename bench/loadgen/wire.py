@@ -99,6 +99,41 @@ class Template:
 
         return patch_tcbor
 
+    def stager(self) -> Callable[[bytearray, int, int, int, int], None]:
+        """A closure ``stage(buf, at, mid, token, uniq)`` writing the whole request at
+        ``buf[at:]``: the template, then MID, the 4-byte token and the per-event unique
+        fields from ``uniq`` (the batched sender's hot path; see :meth:`patch`)."""
+        size = len(self.buf)
+        pack_header = _HEADER.pack_into
+        if self.events == 1 and self.kind == "id":
+            # the id's first half (the device prefix) is written once, into the source
+            first = bytearray(self.buf)
+            off = self.offsets[0] + 8
+            first[off - 8 : off] = b"%08x" % self.prefix
+            src = bytes(first)
+
+            def stage_id(buf: bytearray, at: int, mid: int, token: int, uniq: int) -> None:
+                buf[at : at + size] = src
+                pack_header(buf, at + 2, mid, token)
+                o = at + off
+                buf[o : o + 8] = b"%08x" % (uniq & 0xFFFFFFFF)
+
+            return stage_id
+        src = bytes(self.buf)
+        scratch = Template(bytearray(src), self.kind, self.offsets, self.events, self.prefix)
+
+        def stage_any(buf: bytearray, at: int, mid: int, token: int, uniq: int) -> None:
+            scratch.patch(0, uniq)
+            buf[at : at + size] = scratch.buf
+            pack_header(buf, at + 2, mid, token)
+
+        return stage_any
+
+
+def origin_name(device: int) -> str:
+    """A device's origin, fixed width so that every request of a run has one length."""
+    return f"dev-{device:05d}"
+
 
 def _events(origin: str, k: int) -> list[dict[str, object]]:
     return [

@@ -166,3 +166,44 @@ def test_warmup_requests_are_sent_but_not_measured(procs: int) -> None:
     assert sum(r["sent_total"] for r in results) == 150
     assert sum(r["sent"] for r in results) == 100
     assert sum(r["ok"] for r in results) == 100
+
+
+def test_closed_loop_keeps_its_window_per_socket_and_counts_losses() -> None:
+    """Closed loop: never more than `window` requests in flight per device; a dropped
+    request frees its slot at the timeout and counts as lost."""
+    in_flight: dict[tuple[str, int], int] = {}
+    most = [0]
+    dropped = [0]
+
+    def answer_late(s: socket.socket, d: bytes, a: tuple[str, int]) -> None:
+        in_flight[a] = in_flight.get(a, 0) + 1
+        most[0] = max(most[0], in_flight[a])
+        if dropped[0] < 3:  # the first three are lost
+            dropped[0] += 1
+            in_flight[a] -= 1
+            return
+        time.sleep(0.0005)
+        in_flight[a] -= 1
+        s.sendto(ack(d), a)
+
+    with responder(answer_late) as port:
+        r = run_share(spec(port, window=2, devices=4, duration=1.0, warmup=0.0, timeout=0.3), 0)
+    assert r["mode"] == "closed"
+    assert r["answered"] > 50 and r["ok"] == r["answered"]
+    assert most[0] <= 2
+    assert r["timeouts"] == 3
+    assert sum(r["timeline"]) >= r["answered"]
+
+
+def test_open_loop_bursts_reach_every_device_with_distinct_mids() -> None:
+    seen: dict[tuple[str, int], set[bytes]] = {}
+
+    def record(s: socket.socket, d: bytes, a: tuple[str, int]) -> None:
+        seen.setdefault(a, set()).add(d[2:4])
+        s.sendto(ack(d), a)
+
+    with responder(record) as port:
+        r = run_share(spec(port, rate=400.0, devices=4, burst=8), 0)
+    assert r["ok"] == 400
+    assert len(seen) == 4
+    assert sum(len(m) for m in seen.values()) == 400  # no MID reused on a device
