@@ -3,7 +3,9 @@
 Several worker processes share one file; each opens its own connection. The file is
 in WAL mode, so writers serialise on SQLite's write lock (waiting up to
 `busy_timeout_ms`) while readers, such as the `sqlite3` CLI run by an operator, read
-the last committed state at any time without blocking or being blocked.
+the last committed state at any time without blocking or being blocked. SQLite's lock
+is unfair between processes, so the workers take turns through a turnstile of their
+own (collector/sinks/turns.py, a `<db>-turns` sidecar file) before each transaction.
 
 Each `write` is one transaction (`BEGIN IMMEDIATE` … `COMMIT`) on a thread of its
 own (one per sink), so the event loop never blocks on disk. Every event is inserted
@@ -27,6 +29,7 @@ What an ack then promises depends on `synchronous` (SQLite's PRAGMA, in WAL mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
@@ -35,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.sinks.base import DUPLICATE, STORED, Outcome, Result, StoreUnavailable
+from collector.sinks.turns import Turns, TurnTimeout
 
 if TYPE_CHECKING:
     from collector.events import Event
@@ -138,6 +142,7 @@ class SqliteSink:
         self.worker = worker
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
+        self._turns: Turns | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._failed_at: float | None = None
 
@@ -181,6 +186,7 @@ class SqliteSink:
         except BaseException:
             conn.close()
             raise
+        self._turns = Turns(self.path + "-turns", self.busy_timeout_ms / 1000)
         return conn
 
     def _write(self, events: Sequence[Event]) -> list[Result]:
@@ -190,18 +196,22 @@ class SqliteSink:
         try:
             if conn.in_transaction:  # a previous failure left one open
                 conn.execute("ROLLBACK")
-            cursor = conn.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                results = []
-                for event in events:
-                    cursor.execute(_INSERT, _row(event))
-                    results.append(STORED if cursor.rowcount == 1 else DUPLICATE)
-                cursor.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with self._turn():
+                cursor = conn.cursor()
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    results = []
+                    for event in events:
+                        cursor.execute(_INSERT, _row(event))
+                        results.append(STORED if cursor.rowcount == 1 else DUPLICATE)
+                    cursor.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except TurnTimeout:
+            self._failed_at = time.monotonic()
+            return [Result(Outcome.FAILED, "sqlite: SQLITE_BUSY (no write turn)")] * len(events)
         except Exception as exc:  # sqlite3.Error, or a value SQLite cannot bind
             self._failed_at = time.monotonic()
             return [Result(Outcome.FAILED, _reason(exc))] * len(events)
@@ -215,16 +225,24 @@ class SqliteSink:
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")  # takes the write lock: proves we could write
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
+            with self._turn():  # a fair turn, or busy workers would starve the probe
+                conn.execute("BEGIN IMMEDIATE")  # takes the write lock: proves we could write
+                conn.execute("ROLLBACK")
+        except (sqlite3.Error, TurnTimeout, OSError):
             return False
         return True
+
+    def _turn(self) -> Turns | contextlib.nullcontext[None]:
+        """This process's turn at the file's write lock (fair between workers)."""
+        return self._turns if self._turns is not None else contextlib.nullcontext()
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        turns, self._turns = self._turns, None
+        if turns is not None:
+            turns.close()
 
     # --- the Sink interface ------------------------------------------------------
 
