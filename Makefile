@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup run run-es test lint bench es-start es-stop clean
+.PHONY: setup run run-es test lint bench image es-start es-stop clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: setup
 bench: setup
 	$(PY) bench/codec_bench.py
 	$(PY) bench/loadtest.py --compare --duration 5
+
+# localhost/iot-collector:<version>, built daemonless with podman (scripts/image.sh).
+image:
+	bash scripts/image.sh
 
 es-start: setup
 	bash scripts/es.sh start

@@ -26,6 +26,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     fi
 fi
 
+# podman and friends for `make image` and the image tests (tests/deploy).
+bash scripts/podman.sh --install-only
+
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
