@@ -41,6 +41,7 @@ from elastic_transport import ConnectionTimeout, TransportError
 from elasticsearch import ApiError, AsyncElasticsearch
 
 from collector.estemplate import index_template
+from collector.redact import redact_url
 from collector.sinks.base import DUPLICATE, STORED, Outcome, Result, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -142,8 +143,19 @@ def classify(status: int, error: Mapping[str, Any] | str | None = None) -> Judge
     if status == 401:
         return Judgement(Verdict.FAIL, "elasticsearch authentication failed (401)")
     if status == 403:
+        block = _write_block(error)
+        if block is not None:  # an index or cluster write block, not the user's rights
+            return Judgement(Verdict.FAIL, f"elasticsearch blocks writes: {block} (403)")
         return Judgement(Verdict.FAIL, "elasticsearch refused the collector's user (403)")
     return Judgement(Verdict.FAIL, f"elasticsearch answered {status}")
+
+
+def _write_block(error: Mapping[str, Any] | str | None) -> str | None:
+    """`FORBIDDEN/8/index write (api)` from a 403 cluster_block_exception, else None."""
+    if not isinstance(error, Mapping) or error.get("type") != "cluster_block_exception":
+        return None
+    found = re.search(r"blocked by: \[([^\]]{1,80})\]", str(error.get("reason") or ""))
+    return found.group(1) if found else "cluster_block_exception"
 
 
 def short_reason(error: Mapping[str, Any] | str | None) -> str:
@@ -201,7 +213,7 @@ class ElasticsearchSink:
                 f"index prefix {prefix!r}: use lowercase letters, digits, '.', '_' or '-'"
             )
         nodes = es_nodes(config.es_url)
-        self._url = ",".join(nodes)
+        self._url = ",".join(redact_url(node) for node in nodes)  # for messages
         self._prefix = prefix
         self._username = config.es_username
         self._store_wait = max(0.0, float(config.store_wait))

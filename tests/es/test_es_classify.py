@@ -42,7 +42,17 @@ CASES = [
     (503, {"type": "unavailable_shards_exception"}, Verdict.RETRY, "503"),
     (504, None, Verdict.RETRY, "504"),
     (401, None, Verdict.FAIL, "authentication"),
-    (403, None, Verdict.FAIL, "403"),
+    (403, None, Verdict.FAIL, "refused the collector's user (403)"),
+    # A write block is the index's or cluster's state, not the user's rights.
+    (
+        403,
+        {
+            "type": "cluster_block_exception",
+            "reason": "index [iot-events-2026.12.01] blocked by: [FORBIDDEN/8/index write (api)];",
+        },
+        Verdict.FAIL,
+        "elasticsearch blocks writes: FORBIDDEN/8/index write (api) (403)",
+    ),
     (404, {"type": "index_not_found_exception"}, Verdict.FAIL, "404"),
     (413, None, Verdict.FAIL, "413"),
 ]
