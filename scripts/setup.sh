@@ -39,7 +39,9 @@ if [ -f bench/peers/node/package.json ] && command -v npm >/dev/null 2>&1; then
     (cd bench/peers/node && npm install --silent --no-audit --no-fund >/dev/null)
 fi
 # The Californium peer of the benchmarks (Java): built once, so its test runs too.
-if [ -f bench/peers/californium/pom.xml ] && [ ! -f bench/peers/californium/target/cf-peer.jar ] \
+cf_jar=bench/peers/californium/target/cf-peer.jar
+cf_src=bench/peers/californium/src/main/java/bench/CfPeer.java
+if [ -f bench/peers/californium/pom.xml ] && { [ ! -f "$cf_jar" ] || [ "$cf_src" -nt "$cf_jar" ]; } \
     && command -v mvn >/dev/null 2>&1; then
     (cd bench/peers/californium && mvn -q package >/dev/null 2>&1) \
         || echo "setup: the Californium peer did not build; --compare will skip it" >&2

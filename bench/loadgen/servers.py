@@ -43,6 +43,12 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 PEERS_DIR = BENCH_DIR / "peers"
 PEERS = ("echo", "aiocoap", "node-coap", "californium")
+# The Californium peer's JVM, as bench/peers/README.md explains: a fixed 1 GiB heap
+# (no resizing during a run; the bounded deduplicator needs far less) and G1, the
+# collector Californium's own benchmark instructions use, for short pauses.
+CALIFORNIUM_JVM = ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC")
+# Every peer asks for the receive buffer the collector and the echo peer ask for.
+PEER_RCVBUF = 4 << 20
 SERVERS = ("collector", *PEERS)
 
 
@@ -349,7 +355,9 @@ def californium_jar(build: bool = True) -> Path:
     """The Californium peer jar, built with ``mvn -q package`` on first use."""
     d = PEERS_DIR / "californium"
     jar = d / "target" / "cf-peer.jar"
-    if jar.exists() or not build:
+    sources = [*d.glob("src/**/*.java"), d / "pom.xml"]
+    fresh = jar.exists() and all(p.stat().st_mtime <= jar.stat().st_mtime for p in sources)
+    if fresh or not build:
         return jar
     if shutil.which("mvn") is None or shutil.which("java") is None:
         raise ServerError("californium peer needs java and mvn")
@@ -381,16 +389,17 @@ def node_ready() -> None:
 def peer_argv(name: str, host: str, port: int) -> list[str]:
     """The command line of peer ``name``; raises ServerError if it cannot run here."""
     hp = ["--host", host, "--port", str(port)]
+    buf = ["--rcvbuf", str(PEER_RCVBUF)]
     if name == "echo":
         return [sys.executable, str(PEERS_DIR / "echo.py"), *hp]
     if name == "aiocoap":
-        return [sys.executable, str(PEERS_DIR / "aiocoap_server.py"), *hp]
+        return [sys.executable, str(PEERS_DIR / "aiocoap_server.py"), *hp, *buf]
     if name == "node-coap":
         node_ready()
-        return ["node", str(PEERS_DIR / "node" / "server.js"), *hp]
+        return ["node", str(PEERS_DIR / "node" / "server.js"), *hp, *buf]
     if name == "californium":
         jar = californium_jar()
-        return ["java", "-XX:+UseParallelGC", "-jar", str(jar), *hp]
+        return ["java", *CALIFORNIUM_JVM, "-jar", str(jar), *hp]
     raise ServerError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
 
 

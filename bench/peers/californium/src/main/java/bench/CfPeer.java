@@ -3,6 +3,7 @@ package bench;
 import com.google.gson.JsonParser;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
+import java.util.concurrent.TimeUnit;
 import org.eclipse.californium.core.CoapResource;
 import org.eclipse.californium.core.CoapServer;
 import org.eclipse.californium.core.coap.CoAP.ResponseCode;
@@ -14,11 +15,20 @@ import org.eclipse.californium.elements.config.UdpConfig;
 
 /**
  * The Californium peer of bench/loadtest.py: POST /events parses the JSON body and
- * answers 2.01 (4.00 when it is not JSON); GET /health answers 2.05. Default
- * Californium configuration (its own deduplicator and thread pools), no file written.
- * Usage: java -jar cf-peer.jar --host H --port P; prints "ready" when serving.
+ * answers 2.01 (4.00 when it is not JSON); GET /health answers 2.05. Configured for
+ * throughput as bench/peers/README.md explains: a 4 MiB UDP receive buffer (what the
+ * collector asks for), one protocol-stage thread per available core (Californium's
+ * default, set explicitly), and a deduplicator bounded per peer whose entries expire
+ * after 30 s instead of keeping every exchange for EXCHANGE_LIFETIME (247 s), which made
+ * the heap grow into multi-second full GCs. No file written; the effective settings go
+ * to stderr. Usage: java -jar cf-peer.jar --host H --port P; prints "ready" when serving.
  */
 public final class CfPeer {
+    /** The collector's and the echo peer's SO_RCVBUF. */
+    private static final int RECEIVE_BUFFER = 4 << 20;
+    /** Longer than any retransmission window of the generator (timeout 5 s). */
+    private static final int DEDUP_SECONDS = 30;
+
     private CfPeer() {}
 
     public static void main(String[] args) {
@@ -34,6 +44,20 @@ public final class CfPeer {
         CoapConfig.register();
         UdpConfig.register();
         Configuration config = Configuration.createStandardWithoutFile();
+        int cores = Runtime.getRuntime().availableProcessors();
+        config.set(UdpConfig.UDP_RECEIVE_BUFFER_SIZE, RECEIVE_BUFFER);
+        config.set(CoapConfig.PROTOCOL_STAGE_THREAD_COUNT, cores);
+        config.set(CoapConfig.DEDUPLICATOR, CoapConfig.DEDUPLICATOR_PEERS_MARK_AND_SWEEP);
+        config.set(CoapConfig.EXCHANGE_LIFETIME, DEDUP_SECONDS, TimeUnit.SECONDS);
+        config.set(CoapConfig.MARK_AND_SWEEP_INTERVAL, 5, TimeUnit.SECONDS);
+        System.err.println("cf-peer: udp receive buffer " + config.get(UdpConfig.UDP_RECEIVE_BUFFER_SIZE)
+            + ", protocol threads " + config.get(CoapConfig.PROTOCOL_STAGE_THREAD_COUNT)
+            + ", udp receiver threads " + config.get(UdpConfig.UDP_RECEIVER_THREAD_COUNT)
+            + ", udp sender threads " + config.get(UdpConfig.UDP_SENDER_THREAD_COUNT)
+            + ", deduplicator " + config.get(CoapConfig.DEDUPLICATOR)
+            + " (" + config.get(CoapConfig.PEERS_MARK_AND_SWEEP_MESSAGES) + " per peer, "
+            + config.get(CoapConfig.EXCHANGE_LIFETIME, TimeUnit.SECONDS) + " s)"
+            + ", max heap " + (Runtime.getRuntime().maxMemory() >> 20) + " MiB");
         CoapServer server = new CoapServer(config);
         CoapEndpoint.Builder builder = new CoapEndpoint.Builder();
         builder.setConfiguration(config);
