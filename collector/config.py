@@ -22,6 +22,7 @@ from collector.ratelimit import RateLimit
 SINKS = ("sqlite", "elasticsearch", "null")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SQLITE_SYNCHRONOUS = ("full", "normal")
+DTLS_BACKENDS = ("openssl", "mbedtls")  # collector.dtls.BACKENDS
 
 
 class ConfigError(Exception):
@@ -64,6 +65,7 @@ class Config:
     coaps_port: int = 5684
     psk_file: str | None = None
     plain: bool | None = None  # None: on without a PSK file, off with one
+    dtls_backend: str = "openssl"
     dtls_max_sessions: int = 10_000
     dtls_idle_timeout: float = 300.0
     rate_limit: RateLimit | None = None
@@ -229,6 +231,7 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
     ("coaps-port", _port, "UDP port of CoAP over DTLS (served with --psk-file)", None),
     ("psk-file", str, "JSON file of device identities and keys; turns coaps on", None),
     ("plain", _bool, "serve plain CoAP on --port (default: on, off with --psk-file)", None),
+    ("dtls-backend", str, "TLS library of coaps", DTLS_BACKENDS),
     ("dtls-max-sessions", _positive_int, "DTLS sessions per worker", None),
     ("dtls-idle-timeout", _positive_float, "seconds before a quiet DTLS session is dropped", None),
     (
@@ -300,6 +303,11 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
             load_psk_file(config.psk_file)
         except PskFileError as exc:
             raise ConfigError(f"--psk-file: {exc}") from None
+        if config.dtls_backend == "openssl":
+            from collector.dtls import openssl_backend
+
+            if not openssl_backend.available():
+                raise ConfigError("--dtls-backend openssl: libssl.so.3 not found (try mbedtls)")
     if not config.plain_enabled and not config.dtls_enabled:
         raise ConfigError("--plain off without --psk-file leaves nothing to serve")
     return config

@@ -3,9 +3,10 @@ a real DtlsServer through lists instead of sockets."""
 
 from __future__ import annotations
 
-from collector.dtls import DtlsServer
+from collector.dtls import DtlsServer, openssl_backend
 from collector.dtls.client import DtlsClientSession
 from collector.dtls.mbedtls_backend import MbedtlsBackend
+from collector.dtls.openssl_backend import OpensslBackend
 from collector.psk import PskEntry, PskStore
 
 KEY = b"a text key for dev-17"
@@ -17,11 +18,16 @@ ENTRIES = {
 }
 
 
-def make_server(**kwargs: object) -> tuple[DtlsServer, PskStore]:
+BACKENDS = ["mbedtls", "openssl"] if openssl_backend.available() else ["mbedtls"]
+
+
+def make_server(backend: str = "mbedtls", **kwargs: object) -> tuple[DtlsServer, PskStore]:
+    """A DtlsServer on `backend` ("mbedtls" or "openssl") over the ENTRIES keys."""
     store = PskStore(ENTRIES)
     options: dict[str, object] = {"max_sessions": 100, "idle_timeout": 60.0}
     options.update(kwargs)
-    return DtlsServer(MbedtlsBackend(store), **options), store  # type: ignore[arg-type]
+    made = MbedtlsBackend(store) if backend == "mbedtls" else OpensslBackend(store)
+    return DtlsServer(made, **options), store  # type: ignore[arg-type]
 
 
 def take(server: DtlsServer, peer: object) -> list[bytes]:

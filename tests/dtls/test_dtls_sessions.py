@@ -6,32 +6,34 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.dtls import HandshakeFailed, backend
+from collector.dtls import CIPHER_SUITES, HandshakeFailed
 from collector.dtls.client import DtlsClientSession
 from collector.dtls.mbedtls_backend import client_context
 from collector.dtls.records import client_hello_cookie
 from collector.dtls.sessions import OPEN
 
-from .memory import KEY, connect, make_server, take
+from .memory import BACKENDS, KEY, connect, make_server, take
 
 PEER = ("192.0.2.1", 40000)
 
+pytestmark = pytest.mark.parametrize("backend", BACKENDS)
 
-def test_handshake_opens_a_session_named_for_its_identity() -> None:
-    server, _ = make_server()
+
+def test_handshake_opens_a_session_named_for_its_identity(backend: str) -> None:
+    server, _ = make_server(backend)
     client = connect(server, PEER)
     assert client.connected
     session = server.session_for(PEER)
     assert session is not None and session.state == OPEN
     assert session.identity == "dev-17"
-    assert session.conn.cipher() in backend.CIPHER_SUITES
+    assert session.conn.cipher() in CIPHER_SUITES
     assert server.stats.handshakes == {"ok": 1}
     [event] = [e for e in server.events if e.kind == "handshake"]
     assert (event.identity, event.outcome) == ("dev-17", "ok")
 
 
-def test_application_data_both_ways() -> None:
-    server, _ = make_server()
+def test_application_data_both_ways(backend: str) -> None:
+    server, _ = make_server(backend)
     client = connect(server, PEER)
     result = server.datagram(client.encrypt(b"coap request"), PEER, 1.0)
     assert result is not None
@@ -42,15 +44,17 @@ def test_application_data_both_ways() -> None:
     assert client.receive(record) == [b"coap answer"]
 
 
-def test_hex_key_identity() -> None:
-    server, _ = make_server()
+def test_hex_key_identity(backend: str) -> None:
+    server, _ = make_server(backend)
     connect(server, PEER, "dev-18", bytes.fromhex("00112233445566778899aabbccddeeff"))
     session = server.session_for(PEER)
     assert session is not None and session.identity == "dev-18"
 
 
-def test_client_hello_without_cookie_draws_a_smaller_verify_request_and_no_state() -> None:
-    server, _ = make_server()
+def test_client_hello_without_cookie_draws_a_smaller_verify_request_and_no_state(
+    backend: str,
+) -> None:
+    server, _ = make_server(backend)
     hello = DtlsClientSession("dev-17", KEY).start()
     assert client_hello_cookie(hello) == b""
     server.datagram(hello, PEER, 0.0)
@@ -60,8 +64,8 @@ def test_client_hello_without_cookie_draws_a_smaller_verify_request_and_no_state
     assert not server.sessions
 
 
-def test_cookie_is_bound_to_the_address() -> None:
-    server, _ = make_server()
+def test_cookie_is_bound_to_the_address(backend: str) -> None:
+    server, _ = make_server(backend)
     client = DtlsClientSession("dev-17", KEY)
     server.datagram(client.start(), PEER, 0.0)
     [verify] = take(server, PEER)
@@ -78,16 +82,20 @@ def test_cookie_is_bound_to_the_address() -> None:
     ("identity", "key", "outcome"),
     [("dev-17", b"the wrong key!!", "bad_key"), ("nobody", KEY, "unknown_identity")],
 )
-def test_wrong_credentials_open_nothing(identity: str, key: bytes, outcome: str) -> None:
-    server, _ = make_server()
-    with pytest.raises(HandshakeFailed):
-        connect(server, PEER, identity, key)
+def test_wrong_credentials_open_nothing(
+    backend: str, identity: str, key: bytes, outcome: str
+) -> None:
+    server, _ = make_server(backend)
+    try:  # Mbed TLS sends a fatal alert; OpenSSL stays silent: either way, no session
+        assert not connect(server, PEER, identity, key).connected
+    except HandshakeFailed:
+        pass
     assert not server.sessions
     assert server.stats.handshakes.get(outcome) == 1, server.stats.handshakes
 
 
-def test_replayed_record_is_ignored() -> None:
-    server, _ = make_server()
+def test_replayed_record_is_ignored(backend: str) -> None:
+    server, _ = make_server(backend)
     client = connect(server, PEER)
     record = client.encrypt(b"once")
     assert server.datagram(record, PEER, 1.0) is not None
@@ -96,16 +104,16 @@ def test_replayed_record_is_ignored() -> None:
     assert server.session_for(PEER) is not None  # a replay does not end the session
 
 
-def test_close_notify_frees_the_session() -> None:
-    server, _ = make_server()
+def test_close_notify_frees_the_session(backend: str) -> None:
+    server, _ = make_server(backend)
     client = connect(server, PEER)
     server.datagram(client.close(), PEER, 1.0)
     assert not server.sessions
     assert [e.outcome for e in server.events if e.kind == "closed"] == ["close_notify"]
 
 
-def test_idle_sessions_are_evicted_with_a_close_notify() -> None:
-    server, _ = make_server(idle_timeout=30.0)
+def test_idle_sessions_are_evicted_with_a_close_notify(backend: str) -> None:
+    server, _ = make_server(backend, idle_timeout=30.0)
     client = connect(server, PEER)
     server.tick(29.0)
     assert server.sessions
@@ -116,8 +124,8 @@ def test_idle_sessions_are_evicted_with_a_close_notify() -> None:
         client.receive(alert)
 
 
-def test_the_table_holds_its_bound_under_twice_as_many_clients() -> None:
-    server, _ = make_server(max_sessions=4, stale_after=30.0, idle_timeout=1000.0)
+def test_the_table_holds_its_bound_under_twice_as_many_clients(backend: str) -> None:
+    server, _ = make_server(backend, max_sessions=4, stale_after=30.0, idle_timeout=1000.0)
     clients = []
     for i in range(8):
         peer = ("192.0.2.1", 41000 + i)
@@ -137,8 +145,8 @@ def test_the_table_holds_its_bound_under_twice_as_many_clients() -> None:
     assert server.session_for(newcomer) is not None and len(server.sessions) == 4
 
 
-def test_revoked_identity_sessions_are_closed() -> None:
-    server, store = make_server()
+def test_revoked_identity_sessions_are_closed(backend: str) -> None:
+    server, store = make_server(backend)
     connect(server, PEER)
     other = ("192.0.2.2", 40000)
     connect(server, other, "dev-18", bytes.fromhex("00112233445566778899aabbccddeeff"))
@@ -146,12 +154,14 @@ def test_revoked_identity_sessions_are_closed() -> None:
     assert gone == {"dev-17"}
     assert server.close_identities(gone) == 1
     assert server.session_for(PEER) is None and server.session_for(other) is not None
-    with pytest.raises(HandshakeFailed):
-        connect(server, ("192.0.2.3", 1), "dev-17", KEY)
+    try:
+        assert not connect(server, ("192.0.2.3", 1), "dev-17", KEY).connected
+    except HandshakeFailed:
+        pass
 
 
-def test_a_new_hello_with_a_good_cookie_replaces_an_open_session() -> None:
-    server, _ = make_server()
+def test_a_new_hello_with_a_good_cookie_replaces_an_open_session(backend: str) -> None:
+    server, _ = make_server(backend)
     old = connect(server, PEER)
     new = connect(server, PEER, now=5.0)  # the device restarted on the same port
     assert new.connected and len(server.sessions) == 1
@@ -163,19 +173,19 @@ def test_a_new_hello_with_a_good_cookie_replaces_an_open_session() -> None:
     assert result is not None and result[1] == [b"fresh"]
 
 
-def test_unknown_peer_application_data_is_dropped_silently() -> None:
-    server, _ = make_server()
+def test_unknown_peer_application_data_is_dropped_silently(backend: str) -> None:
+    server, _ = make_server(backend)
     client = connect(server, PEER)
     server.datagram(client.encrypt(b"x"), ("192.0.2.50", 1), 1.0)
     assert not take(server, ("192.0.2.50", 1))
     assert server.stats.dropped == 1
 
 
-def test_both_suites_are_accepted() -> None:
+def test_both_suites_are_accepted(backend: str) -> None:
     from mbedtls import tls
 
     for suite in ("TLS-PSK-WITH-AES-128-CCM-8", "TLS-PSK-WITH-AES-128-CCM"):
-        server, _ = make_server()
+        server, _ = make_server(backend)
         conf = client_context("dev-17", KEY).configuration.update(ciphers=(suite,))
         client = DtlsClientSession("dev-17", KEY, tls.ClientContext(conf))
         peer = ("192.0.2.7", 7)
@@ -199,9 +209,9 @@ def test_both_suites_are_accepted() -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=5), st.data())
 def test_arbitrary_datagrams_never_raise_nor_amplify(
-    datagrams: list[bytes], data: st.DataObject
+    backend: str, datagrams: list[bytes], data: st.DataObject
 ) -> None:
-    server, _ = make_server(max_sessions=4)
+    server, _ = make_server(backend, max_sessions=4)
     hello = DtlsClientSession("dev-17", KEY).start()
     for raw in datagrams:
         # Half the time, a mutated ClientHello, so the library's parser is reached.

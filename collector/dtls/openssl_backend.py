@@ -1,0 +1,361 @@
+"""The OpenSSL 3 backend: the system's libssl through a small ctypes binding.
+
+Only the calls a DTLS 1.2 PSK server needs are bound (below, with their C
+signatures): a context with the PSK and cookie callbacks, one SSL object per peer
+over two memory BIOs (records in, records out), `DTLSv1_listen` for the stateless
+cookie exchange, handshake/read/write/shutdown. The library is the distribution's
+(Debian's libssl3 here and in the image), so its security fixes arrive with the
+system's updates; what this module maintains is the binding, which depends only on
+OpenSSL 3's stable public ABI.
+
+Cookies (RFC 6347 §4.2.1): HMAC-SHA256 of the peer's address and port and a
+60-second time bucket under a per-process secret; a cookie from the current or the
+previous bucket is accepted. `DTLSv1_listen` answers a ClientHello without a valid
+cookie with a HelloVerifyRequest and keeps nothing: the SSL object used for it is
+freed before `accept` returns.
+
+Memory BIOs do not keep datagram boundaries, so every datagram is written and
+processed before the next is written, and the records one call produces (a flight)
+leave as one datagram (PSK flights are far below the MTU, set to 1400).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import hmac
+import os
+import struct
+import time
+from typing import Any
+
+from collector.dtls import backend
+from collector.dtls.backend import HandshakeFailed, SessionClosed
+from collector.psk import PskStore
+
+_P = ctypes.c_void_p
+_INT = ctypes.c_int
+
+# ssl.h / bio.h constants (OpenSSL 3.0).
+_SSL_OP_NO_QUERY_MTU = 1 << 12
+_SSL_OP_COOKIE_EXCHANGE = 1 << 13
+_SSL_CTRL_SET_MTU = 17
+_SSL_CTRL_SET_MIN_PROTO_VERSION = 123
+_SSL_CTRL_SET_MAX_PROTO_VERSION = 124
+_DTLS1_2_VERSION = 0xFEFD
+_BIO_C_SET_BUF_MEM_EOF_RETURN = 130
+_BIO_CTRL_PENDING = 10
+_SSL_ERROR_SSL = 1
+_SSL_ERROR_WANT_READ = 2
+_SSL_ERROR_ZERO_RETURN = 6
+_MTU = 1400
+_COOKIE_BUCKET = 60  # seconds
+_COOKIE_LEN = 20  # 4-byte bucket + 16 bytes of HMAC
+_OPENSSL_CIPHERS = b"PSK-AES128-CCM8:PSK-AES128-CCM"
+_MAX_PLAINTEXT = 1 << 14
+
+_PSK_CB = ctypes.CFUNCTYPE(
+    ctypes.c_uint, _P, ctypes.c_char_p, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_uint
+)
+_COOKIE_GEN_CB = ctypes.CFUNCTYPE(
+    _INT, _P, ctypes.POINTER(ctypes.c_ubyte), ctypes.POINTER(ctypes.c_uint)
+)
+_COOKIE_VERIFY_CB = ctypes.CFUNCTYPE(_INT, _P, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_uint)
+
+
+class _Lib:
+    """libssl and libcrypto with the prototypes this module calls."""
+
+    def __init__(self) -> None:
+        ssl = ctypes.CDLL("libssl.so.3")
+        crypto = ctypes.CDLL("libcrypto.so.3")
+        for lib, name, res, args in (
+            (ssl, "DTLS_server_method", _P, []),
+            (ssl, "SSL_CTX_new", _P, [_P]),
+            (ssl, "SSL_CTX_free", None, [_P]),
+            (ssl, "SSL_CTX_set_cipher_list", _INT, [_P, ctypes.c_char_p]),
+            (ssl, "SSL_CTX_set_options", ctypes.c_uint64, [_P, ctypes.c_uint64]),
+            (ssl, "SSL_CTX_ctrl", ctypes.c_long, [_P, _INT, ctypes.c_long, _P]),
+            (ssl, "SSL_CTX_set_psk_server_callback", None, [_P, _P]),
+            (ssl, "SSL_CTX_set_cookie_generate_cb", None, [_P, _P]),
+            (ssl, "SSL_CTX_set_cookie_verify_cb", None, [_P, _P]),
+            (ssl, "SSL_new", _P, [_P]),
+            (ssl, "SSL_free", None, [_P]),
+            (ssl, "SSL_set_bio", None, [_P, _P, _P]),
+            (ssl, "SSL_set_accept_state", None, [_P]),
+            (ssl, "SSL_ctrl", ctypes.c_long, [_P, _INT, ctypes.c_long, _P]),
+            (ssl, "DTLSv1_listen", _INT, [_P, _P]),
+            (ssl, "SSL_do_handshake", _INT, [_P]),
+            (ssl, "SSL_get_error", _INT, [_P, _INT]),
+            (ssl, "SSL_read", _INT, [_P, ctypes.c_char_p, _INT]),
+            (ssl, "SSL_write", _INT, [_P, ctypes.c_char_p, _INT]),
+            (ssl, "SSL_shutdown", _INT, [_P]),
+            (ssl, "SSL_get_psk_identity", ctypes.c_char_p, [_P]),
+            (ssl, "SSL_get_current_cipher", _P, [_P]),
+            (ssl, "SSL_CIPHER_standard_name", ctypes.c_char_p, [_P]),
+            (crypto, "BIO_new", _P, [_P]),
+            (crypto, "BIO_s_mem", _P, []),
+            (crypto, "BIO_write", _INT, [_P, ctypes.c_char_p, _INT]),
+            (crypto, "BIO_read", _INT, [_P, ctypes.c_char_p, _INT]),
+            (crypto, "BIO_ctrl", ctypes.c_long, [_P, _INT, ctypes.c_long, _P]),
+            (crypto, "BIO_ADDR_new", _P, []),
+            (crypto, "BIO_ADDR_free", None, [_P]),
+            (crypto, "ERR_clear_error", None, []),
+        ):
+            fn = getattr(lib, name)
+            fn.restype = res
+            fn.argtypes = args
+            setattr(self, name, fn)
+
+
+_lib: Any = None  # the loaded _Lib (functions set by name, hence Any)
+
+
+def available() -> bool:
+    """Whether libssl 3 can be loaded here."""
+    try:
+        _get_lib()
+    except OSError:
+        return False
+    return True
+
+
+def _get_lib() -> Any:
+    global _lib
+    if _lib is None:
+        _lib = _Lib()
+    return _lib
+
+
+def _carries_finished(datagram: bytes) -> bool:
+    """Whether a datagram holds an epoch-1 handshake record (a client's Finished)."""
+    pos = 0
+    while pos + 13 <= len(datagram):
+        if datagram[pos] == 22 and datagram[pos + 3 : pos + 5] == b"\0\1":
+            return True
+        pos += 13 + int.from_bytes(datagram[pos + 11 : pos + 13], "big")
+    return False
+
+
+class OpensslConnection:
+    """One peer's SSL object over two memory BIOs, as a `Connection`."""
+
+    def __init__(self, backend_: OpensslBackend) -> None:
+        lib: Any = backend_.lib
+        self._lib = lib
+        self._backend = backend_
+        self._buf = backend_.buf
+        ssl = lib.SSL_new(backend_.ctx)
+        if not ssl:
+            raise MemoryError("SSL_new")
+        self._ssl: int | None = ssl
+        self._rbio = lib.BIO_new(lib.BIO_s_mem())
+        self._wbio = lib.BIO_new(lib.BIO_s_mem())
+        # An empty memory BIO reads as "retry", not EOF: the datagram will come.
+        lib.BIO_ctrl(self._rbio, _BIO_C_SET_BUF_MEM_EOF_RETURN, -1, None)
+        lib.BIO_ctrl(self._wbio, _BIO_C_SET_BUF_MEM_EOF_RETURN, -1, None)
+        lib.SSL_set_bio(ssl, self._rbio, self._wbio)  # the SSL object owns them now
+        lib.SSL_ctrl(ssl, _SSL_CTRL_SET_MTU, _MTU, None)
+        lib.SSL_set_accept_state(ssl)
+        self.identity: str | None = None
+
+    def __del__(self) -> None:
+        self.free()
+
+    def free(self) -> None:
+        ssl, self._ssl = getattr(self, "_ssl", None), None
+        if ssl:
+            self._lib.SSL_free(ssl)
+
+    def _feed(self, data: bytes) -> None:
+        assert self._ssl is not None
+        self._lib.BIO_write(self._rbio, data, len(data))
+
+    def listen(self, data: bytes) -> int:
+        """DTLSv1_listen on one ClientHello: 1 cookie good, 0 answered (HVR) or dropped."""
+        assert self._ssl is not None
+        self._feed(data)
+        lib = self._lib
+        addr = lib.BIO_ADDR_new()
+        try:
+            return int(lib.DTLSv1_listen(self._ssl, addr))
+        finally:
+            lib.BIO_ADDR_free(addr)
+            lib.ERR_clear_error()
+
+    def handshake(self, data: bytes) -> bool:
+        if self._ssl is None:
+            raise HandshakeFailed(backend.PROTOCOL_ERROR, "closed")
+        if data:
+            self._feed(data)
+        lib = self._lib
+        self._backend.asked = None
+        ret = lib.SSL_do_handshake(self._ssl)
+        asked, self._backend.asked = self._backend.asked, None
+        if asked is not None:
+            self.identity = asked[0]
+        if ret == 1:
+            name = lib.SSL_get_psk_identity(self._ssl)
+            if name is not None:
+                self.identity = name.decode("utf-8", "replace")
+            return True
+        err = lib.SSL_get_error(self._ssl, ret)
+        lib.ERR_clear_error()
+        if err == _SSL_ERROR_WANT_READ:
+            if self.identity is not None and _carries_finished(data):
+                # DTLS drops a record that fails to decrypt without a word (RFC 6347
+                # §4.1.2.7), so a Finished under the wrong key just leaves OpenSSL
+                # waiting: the client's last flight came and did not verify.
+                raise HandshakeFailed(backend.BAD_KEY)
+            return False
+        if asked is not None and not asked[1]:
+            raise HandshakeFailed(backend.UNKNOWN_IDENTITY)
+        if self.identity is not None:
+            raise HandshakeFailed(backend.BAD_KEY)  # the Finished MAC did not verify
+        raise HandshakeFailed(backend.PROTOCOL_ERROR)
+
+    def decrypt(self, data: bytes) -> list[bytes]:
+        if self._ssl is None:
+            raise SessionClosed("closed")
+        self._feed(data)
+        lib, buf, ssl = self._lib, self._buf, self._ssl
+        out: list[bytes] = []
+        while True:
+            n = lib.SSL_read(ssl, buf, _MAX_PLAINTEXT)
+            if n > 0:
+                out.append(ctypes.string_at(buf, n))
+                # The usual datagram is one record: stop without the failing read.
+                if not lib.BIO_ctrl(self._rbio, _BIO_CTRL_PENDING, 0, None):
+                    return out
+                continue
+            err = lib.SSL_get_error(ssl, n)
+            lib.ERR_clear_error()
+            if err == _SSL_ERROR_WANT_READ:
+                return out
+            raise SessionClosed("close_notify" if err == _SSL_ERROR_ZERO_RETURN else "alert")
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        if self._ssl is None:
+            return b""
+        self._lib.SSL_write(self._ssl, plaintext, len(plaintext))
+        return self.outgoing()
+
+    def close(self) -> bytes:
+        if self._ssl is None:
+            return b""
+        self._lib.SSL_shutdown(self._ssl)
+        self._lib.ERR_clear_error()
+        out = self.outgoing()
+        self.free()
+        return out
+
+    def outgoing(self) -> bytes:
+        if self._ssl is None:
+            return b""
+        # A memory BIO hands over everything it holds in one read (up to the buffer).
+        n = self._lib.BIO_read(self._wbio, self._buf, len(self._buf))
+        return ctypes.string_at(self._buf, n) if n > 0 else b""
+
+    def cipher(self) -> str | None:
+        if self._ssl is None:
+            return None
+        current = self._lib.SSL_get_current_cipher(self._ssl)
+        if not current:
+            return None
+        name = self._lib.SSL_CIPHER_standard_name(current)
+        return None if name is None else name.decode()
+
+
+class OpensslBackend:
+    """Server-side PSK context over one reloadable `PskStore`."""
+
+    def __init__(self, store: PskStore) -> None:
+        self.store = store
+        lib: Any = _get_lib()
+        self.lib = lib
+        self.buf = ctypes.create_string_buffer(1 << 16)
+        self._secret = os.urandom(32)
+        self._peer = b""
+        # (identity, found) of the last key lookup: which device a handshake claims.
+        self.asked: tuple[str, bool] | None = None
+        ctx = lib.SSL_CTX_new(lib.DTLS_server_method())
+        if not ctx:
+            raise OSError("SSL_CTX_new failed")
+        self.ctx = ctx
+        if lib.SSL_CTX_set_cipher_list(ctx, _OPENSSL_CIPHERS) != 1:
+            raise OSError("OpenSSL offers neither PSK-AES128-CCM8 nor PSK-AES128-CCM")
+        lib.SSL_CTX_set_options(ctx, _SSL_OP_NO_QUERY_MTU | _SSL_OP_COOKIE_EXCHANGE)
+        lib.SSL_CTX_ctrl(ctx, _SSL_CTRL_SET_MIN_PROTO_VERSION, _DTLS1_2_VERSION, None)
+        lib.SSL_CTX_ctrl(ctx, _SSL_CTRL_SET_MAX_PROTO_VERSION, _DTLS1_2_VERSION, None)
+        # The callbacks must outlive the context: kept on the instance.
+        self._callbacks: tuple[Any, ...] = (
+            _PSK_CB(self._psk),
+            _COOKIE_GEN_CB(self._cookie_generate),
+            _COOKIE_VERIFY_CB(self._cookie_verify),
+        )
+        psk, gen, verify = self._callbacks
+        lib.SSL_CTX_set_psk_server_callback(ctx, ctypes.cast(psk, _P))
+        lib.SSL_CTX_set_cookie_generate_cb(ctx, ctypes.cast(gen, _P))
+        lib.SSL_CTX_set_cookie_verify_cb(ctx, ctypes.cast(verify, _P))
+
+    def __del__(self) -> None:
+        ctx, self.ctx = getattr(self, "ctx", None), None
+        if ctx:
+            self.lib.SSL_CTX_free(ctx)
+
+    # -- callbacks (run inside OpenSSL calls: never raise) -----------------------------
+
+    def _psk(self, _ssl: int, identity: bytes | None, out: Any, max_len: int) -> int:
+        try:
+            name = (identity or b"").decode("utf-8", "replace")
+            try:
+                key = self.store[name]
+            except KeyError:
+                self.asked = (name, False)
+                return 0
+            self.asked = (name, True)
+            if len(key) > max_len:
+                return 0
+            ctypes.memmove(out, key, len(key))
+            return len(key)
+        except Exception:
+            return 0
+
+    def _cookie(self, bucket: int) -> bytes:
+        stamp = struct.pack("!I", bucket & 0xFFFFFFFF)
+        return stamp + hmac.new(self._secret, stamp + self._peer, hashlib.sha256).digest()[:16]
+
+    def _cookie_generate(self, _ssl: int, out: Any, out_len: Any) -> int:
+        try:
+            cookie = self._cookie(int(time.time()) // _COOKIE_BUCKET)
+            ctypes.memmove(out, cookie, len(cookie))
+            out_len[0] = len(cookie)
+            return 1
+        except Exception:
+            return 0
+
+    def _cookie_verify(self, _ssl: int, cookie: Any, length: int) -> int:
+        try:
+            if length != _COOKIE_LEN:
+                return 0
+            got = ctypes.string_at(cookie, length)
+            bucket = struct.unpack("!I", got[:4])[0]
+            now = int(time.time()) // _COOKIE_BUCKET
+            if bucket not in (now & 0xFFFFFFFF, (now - 1) & 0xFFFFFFFF):
+                return 0
+            return 1 if hmac.compare_digest(got, self._cookie(bucket)) else 0
+        except Exception:
+            return 0
+
+    # -- Backend -------------------------------------------------------------------------
+
+    def accept(self, client_hello: bytes, peer: tuple[object, ...]) -> OpensslConnection | bytes:
+        self._peer = f"{peer[0]}|{peer[1]}".encode()
+        conn = OpensslConnection(self)
+        verdict = conn.listen(client_hello)
+        if verdict != 1:  # HelloVerifyRequest (or nothing, for junk); nothing kept
+            answer = conn.outgoing()
+            conn.free()
+            return answer
+        conn.handshake(b"")  # the ClientHello is already inside: the first flight
+        return conn
