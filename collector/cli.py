@@ -12,12 +12,19 @@ import argparse
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import NoReturn
 
 from collector import __version__
-from collector.config import Config, ConfigError, add_serve_arguments, build_config
-from collector.exits import EXIT_BIND, EXIT_CONFIG, EXIT_STORE_UNAVAILABLE
+from collector.config import (
+    Config,
+    ConfigError,
+    add_serve_arguments,
+    build_config,
+    unknown_variables,
+)
+from collector.exits import DESCRIPTIONS, EXIT_BIND, EXIT_CONFIG, EXIT_STORE_UNAVAILABLE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,8 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="receive events over CoAP/UDP and store them",
-        description="Receive events over CoAP/UDP in worker processes and store them. "
-        "Every flag has an environment twin: COLLECTOR_ + the flag in upper snake case.",
+        description=textwrap.fill(
+            "Receive events over CoAP/UDP in worker processes and store them. "
+            "Every flag has an environment twin: COLLECTOR_ + the flag in upper snake case."
+        )
+        + "\n\n"
+        + textwrap.fill(
+            "Pass secrets by file (--es-password-file, --es-api-key-file) or variable "
+            "(COLLECTOR_ES_PASSWORD, COLLECTOR_ES_API_KEY), not as flags: flags show in ps."
+        ),
+        epilog="exit codes:\n"
+        + "\n".join(f"  {code}  {meaning}" for code, meaning in DESCRIPTIONS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(serve)
     return parser
@@ -70,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "iot-collector: error: a command is required: serve (see --help)", file=sys.stderr
             )
             return EXIT_CONFIG
+        for warning in unknown_variables(os.environ):
+            print(f"iot-collector: warning: {warning}", file=sys.stderr)
         try:
             config = build_config(args, os.environ)
         except ConfigError as exc:

@@ -41,7 +41,9 @@ class Config:
     es_index_prefix: str = "iot-events"
     es_username: str | None = None
     es_password: str | None = None
+    es_password_file: str | None = None
     es_api_key: str | None = None
+    es_api_key_file: str | None = None
     es_ca_certs: str | None = None
     es_retry_deadline: float = 4.0
     es_compress: bool = False
@@ -123,22 +125,36 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if not 0 <= value <= 65535:
         raise ValueError("must be 0..65535")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _float(text)
     if not (value > 0 and math.isfinite(value)):
         raise ValueError("must be a finite number > 0")
     return value
@@ -151,14 +167,17 @@ def _size(text: str) -> int:
     """Bytes, with an optional binary suffix: 512M, 1G, 1.5GiB."""
     lowered = text.strip().lower().removesuffix("ib").removesuffix("b")
     unit = lowered[-1:] if lowered[-1:] in _SIZE_UNITS else ""
-    value = float(lowered[: len(lowered) - len(unit)])
+    try:
+        value = float(lowered[: len(lowered) - len(unit)])
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 1G)") from None
     if not (math.isfinite(value) and value >= 1):
         raise ValueError("must be a size of at least 1 byte (e.g. 512M, 1G)")
     return int(value * _SIZE_UNITS[unit])
 
 
 def _nonneg_float(text: str) -> float:
-    value = float(text)
+    value = _float(text)
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError("must be a finite number >= 0")
     return value
@@ -191,8 +210,20 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
     ("es-url", str, "Elasticsearch URL; several nodes separated by commas", None),
     ("es-index-prefix", str, "index name prefix; indices are <prefix>-YYYY.MM.DD", None),
     ("es-username", str, "Elasticsearch basic-auth user", None),
-    ("es-password", str, "Elasticsearch basic-auth password", None),
-    ("es-api-key", str, "Elasticsearch API key", None),
+    (
+        "es-password",
+        str,
+        "Elasticsearch basic-auth password (visible in ps: prefer the file or the variable)",
+        None,
+    ),
+    ("es-password-file", str, "file holding the Elasticsearch password", None),
+    (
+        "es-api-key",
+        str,
+        "Elasticsearch API key (visible in ps: prefer the file or the variable)",
+        None,
+    ),
+    ("es-api-key-file", str, "file holding the Elasticsearch API key", None),
     ("es-ca-certs", str, "CA bundle for Elasticsearch TLS", None),
     ("es-retry-deadline", _nonneg_float, "seconds to retry 429/5xx bulk items before 5.03", None),
     ("es-compress", _bool, "gzip bulk request bodies", None),
@@ -249,9 +280,26 @@ def env_name(flag: str) -> str:
     return "COLLECTOR_" + flag.upper().replace("-", "_")
 
 
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
+
+
+def _shown_default(flag: str) -> str | None:
+    """The default as `--help` shows it (None: nothing to show)."""
+    if flag == "workers":
+        return None  # the help text says it: the usable CPUs
+    default = _DEFAULTS[flag.replace("-", "_")]
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return str(default)
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, _conv, help_text, choices in _FLAGS:
-        kwargs: dict[str, Any] = {"help": f"{help_text} [env {env_name(flag)}]", "default": None}
+        shown = _shown_default(flag)
+        text = help_text if shown is None else f"{help_text} (default: {shown})"
+        kwargs: dict[str, Any] = {"help": f"{text} [env {env_name(flag)}]", "default": None}
         if flag in _BOOL_FLAGS:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif flag in _ON_OFF_FLAGS:
@@ -264,12 +312,69 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag}", **kwargs)
 
 
+def _read_secret(where: str, path: str) -> str:
+    """A secret from a file (a Kubernetes Secret volume, say): its text, less the
+    trailing newline editors add."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().rstrip("\r\n")
+    except FileNotFoundError:
+        raise ConfigError(f"{where} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} {path}: is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(f"{where} {path}: not readable by this user") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} {path}: cannot read it ({_os_reason(exc)})") from None
+    if not text:
+        raise ConfigError(f"{where} {path}: the file is empty")
+    return text
+
+
+def _os_reason(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or type(exc).__name__).lower()
+
+
+def _check_sqlite_path(where: str, path: str) -> None:
+    """Refuse a database path the sink could not create, in the flag's terms."""
+    if path == ":memory:":
+        return
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise ConfigError(f"{where} {path}: is a directory; name the database file inside it")
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            return
+        parent = up
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{where} {path}: {parent} is a file, not a directory")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for COLLECTOR_* variables that are no flag's twin (likely misspelt),
+    each naming the nearest real one."""
+    import difflib
+
+    real = [env_name(flag) for flag, _c, _h, _ch in _FLAGS]
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith("COLLECTOR_") or name in real:
+            continue
+        near = difflib.get_close_matches(name, real, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]}?" if near else " (see serve --help)"
+        warnings.append(f"{name} is not a setting of the collector and is ignored{hint}")
+    return warnings
+
+
 def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     """Merge flags (first) and COLLECTOR_* variables (then) over the defaults.
 
     Raises ConfigError with one line naming the flag or variable at fault.
     """
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # flag -> where its value came from, for messages
     known = {f.name for f in fields(Config)}
     for flag, conv, _help, choices in _FLAGS:
         attr = flag.replace("-", "_")
@@ -288,8 +393,25 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
         if choices and value not in choices:
             raise ConfigError(f"{source}: {value!r} is not one of {', '.join(choices)}")
         values[attr] = value
+        sources[flag] = source
     if "workers" not in values:
         values["workers"] = usable_cpus()
+    for secret, path_flag in (
+        ("es_password", "es-password-file"),
+        ("es_api_key", "es-api-key-file"),
+    ):
+        path = values.get(path_flag.replace("-", "_"))
+        if path is None:
+            continue
+        where = sources[path_flag]
+        if secret in values:
+            raise ConfigError(f"{where} and {sources[secret.replace('_', '-')]} exclude each other")
+        values[secret] = _read_secret(where, path)
+    if values.get("sink", _DEFAULTS["sink"]) == "sqlite":
+        _check_sqlite_path(
+            sources.get("sqlite-path", "--sqlite-path"),
+            values.get("sqlite_path", _DEFAULTS["sqlite_path"]),
+        )
     config = Config(**values)
     if config.ack_delay >= ACK_TIMEOUT:
         raise ConfigError(

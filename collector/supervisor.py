@@ -33,6 +33,7 @@ from collector.config import Config
 from collector.exits import EXIT_DRAIN_INCOMPLETE, EXIT_OK
 from collector.metrics import SupervisorMetrics
 from collector.probes import ProbeServer
+from collector.redact import redact_url
 from collector.status import SERVING, STORE_DOWN, StatusBoard
 
 log = logging.getLogger("collector.supervisor")
@@ -40,7 +41,8 @@ log = logging.getLogger("collector.supervisor")
 
 RESTART_BACKOFF_MAX = 5.0  # seconds between restarts of a worker that keeps dying
 STABLE_AFTER = 10.0  # a worker that lived this long restarts without delay
-KILL_GRACE = 1.0  # seconds past the drain timeout before SIGKILL
+KILL_GRACE = 1.0
+WAIT_NOTICE_AFTER = 1.0  # seconds of store start-up before "waiting for the store"  # seconds past the drain timeout before SIGKILL
 
 
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -140,7 +142,16 @@ def preflight_store(config: Config) -> None:
     async def check() -> None:
         sink = make_sink(config, 0, spool=False)  # the primary only: workers own the spools
         try:
-            await sink.start()
+            starting = asyncio.ensure_future(sink.start())
+            done, _ = await asyncio.wait({starting}, timeout=WAIT_NOTICE_AFTER)
+            if not done:  # say why start-up is quiet, once
+                print(
+                    f"iot-collector: waiting for the store at {store_location(config)} "
+                    f"({config.store_wait:g} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            await starting
         finally:
             await sink.close()
 
@@ -151,6 +162,15 @@ def preflight_store(config: Config) -> None:
             raise
         # With a spool the workers serve into it and keep starting the store.
         log.warning("store unavailable: serving into the spool", extra={"reason": str(exc)})
+
+
+def store_location(config: Config) -> str:
+    """Where the store is, for messages: the URL without its userinfo, or the file."""
+    if config.sink == "elasticsearch":
+        return redact_url(config.es_url)
+    if config.sink == "sqlite":
+        return config.sqlite_path
+    return config.sink
 
 
 class Supervisor:

@@ -286,14 +286,15 @@ def test_unreachable_elasticsearch_exits_3_with_one_line(tmp_path: Path) -> None
     assert "unavailable" in assert_one_line(result.stderr)
 
 
-def test_unwritable_sqlite_path_exits_3_with_one_line(tmp_path: Path) -> None:
+def test_sqlite_path_under_a_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    """A configuration error, named by its flag (it was exit 3 with "[Errno 17]")."""
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     result = run_cli(
         ["serve", "--sqlite-path", str(blocker / "e.db"), "--metrics-port", "0", "--port", "0"]
     )
-    assert result.returncode == 3, result.stderr
-    assert "unavailable" in assert_one_line(result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert "--sqlite-path" in assert_one_line(result.stderr)
 
 
 def test_port_taken_without_reuseport_exits_4_with_one_line(tmp_path: Path) -> None:
