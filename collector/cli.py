@@ -26,6 +26,16 @@ from collector.config import (
 )
 from collector.exits import DESCRIPTIONS, EXIT_BIND, EXIT_CONFIG, EXIT_STORE_UNAVAILABLE
 
+#: The flags `indices` shares with `serve` (same names, same environment twins).
+RETENTION_FLAGS = (
+    "es-url",
+    "es-index-prefix",
+    "es-username",
+    "es-password",
+    "es-api-key",
+    "es-ca-certs",
+)
+
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors are one line and exit 2 (`--help` still prints the full usage)."""
@@ -58,6 +68,23 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_serve_arguments(serve)
+    indices = sub.add_parser(
+        "indices",
+        help="list the collector's Elasticsearch indices; delete those older than an age",
+        description="List the daily indices <prefix>-YYYY.MM.DD with their document counts "
+        "and sizes. With --delete-older-than, delete the indices whose whole day is older "
+        "than that age (--dry-run: only say which). Exit 0, or 3 when Elasticsearch cannot "
+        "be reached.",
+    )
+    add_serve_arguments(indices, only=RETENTION_FLAGS)
+    indices.add_argument(
+        "--delete-older-than",
+        metavar="AGE",
+        help="e.g. 30d, 12w, 48h: delete indices whose day ended longer ago than this",
+    )
+    indices.add_argument(
+        "--dry-run", action="store_true", help="with --delete-older-than: list, delete nothing"
+    )
     return parser
 
 
@@ -82,9 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _parser()
         args = parser.parse_args(argv)
-        if args.command != "serve":
+        if args.command not in ("serve", "indices"):
             print(
-                "iot-collector: error: a command is required: serve (see --help)", file=sys.stderr
+                "iot-collector: error: a command is required: serve or indices (see --help)",
+                file=sys.stderr,
             )
             return EXIT_CONFIG
         for warning in unknown_variables(os.environ):
@@ -94,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"iot-collector: error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+        if args.command == "indices":
+            from collector.retention import run_indices
+
+            return run_indices(config, args.delete_older_than, args.dry_run, sys.stdout)
         return serve(config)
     except _StoppedEarly as exc:
         for sig in previous:  # a second signal while this is printed changes nothing

@@ -295,8 +295,11 @@ def _shown_default(flag: str) -> str | None:
     return str(default)
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+def add_serve_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """The flags of `serve` (or of them, those named in `only`) with their env twins."""
     for flag, _conv, help_text, choices in _FLAGS:
+        if only is not None and flag not in only:
+            continue
         shown = _shown_default(flag)
         text = help_text if shown is None else f"{help_text} (default: {shown})"
         kwargs: dict[str, Any] = {"help": f"{text} [env {env_name(flag)}]", "default": None}
