@@ -40,12 +40,14 @@ METRIC_NAMES = {
     "iot_collector_worker_restarts_total",
     "iot_collector_malformed_datagrams_total",
     "iot_collector_duplicates_total",
+    "iot_collector_spool_oldest_event_age_seconds",
 }
 ALERTS = {
     "IotCollectorHighServerErrorRatio",
     "IotCollectorStoreUnavailable",
     "IotCollectorNoEventsReceived",
     "IotCollectorTargetMissing",
+    "IotCollectorSpoolBacklog",
 }
 
 

@@ -154,3 +154,21 @@ Fail rendering when auth is required but no Secret holds the PSK file.
 {{- fail "auth.required needs auth.existingSecret: the Secret holding the PSK file (key auth.secretKey)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+The collector's workload: a StatefulSet when it has a spool (each pod its own
+PersistentVolumeClaim from the volumeClaimTemplate), else a Deployment.
+*/}}
+{{- define "iot-collector.workloadKind" -}}
+{{- if .Values.spool.enabled }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
+{{/*
+A spool on an emptyDir is lost with its pod, acknowledged events included: render it
+only when the values say so explicitly.
+*/}}
+{{- define "iot-collector.assertSpool" -}}
+{{- if and .Values.spool.enabled (not .Values.spool.persistence.enabled) (not .Values.spool.acceptLossWithPod) }}
+{{- fail "spool.enabled without spool.persistence.enabled puts the spool on an emptyDir, lost (with the events it acknowledged) when the pod goes: set spool.acceptLossWithPod=true to accept that" }}
+{{- end }}
+{{- end }}
