@@ -43,8 +43,6 @@ __all__ = ["build_parser", "main"]
 PROG = "iot-client"
 #: Simulator bounds: every load loop is bounded in count and time.
 MAX_DEVICES = 5000
-MAX_RATE = 100_000.0
-MAX_DURATION = 24 * 3600.0
 MAX_BATCH = 1000
 MAX_WINDOW = 10_000
 #: simulate's default per-request deadline: the run must end soon after --duration.
@@ -56,11 +54,55 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports an error as one line and exits 2 (no usage dump)."""
+    """argparse that reports an error as one line and exits 2 (no usage dump), and
+    remembers its own options (for :func:`_misplaced_option`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.own_options: dict[str, bool] = {}  # option string -> takes a value
+        self.command_parsers: dict[str, _Parser] = {}  # the top-level parser's commands
+        super().__init__(*args, **kwargs)  # adds -h through add_argument
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        for name in action.option_strings:
+            self.own_options[name] = action.nargs != 0
+        return action
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{PROG}: {message} (try '{self.prog} --help')\n")
         sys.exit(EXIT_USAGE)
+
+
+def _misplaced_option(
+    argv: Sequence[str], top: _Parser, commands: dict[str, _Parser]
+) -> str | None:
+    """What is wrong with the options before the command, in words, or None.
+
+    argparse reads an unknown option before the command as "the command is missing"
+    and a command's option there (``--timeout 1 send``) as "invalid choice: '1'".
+    """
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in commands or token == "--" or not token.startswith("-") or token == "-":
+            return None
+        long = token.startswith("--")
+        name = token.split("=", 1)[0] if long else token[:2]
+        attached = ("=" in token) if long else len(token) > 2
+        if name in top.own_options:
+            i += 2 if top.own_options[name] and not attached else 1
+            continue
+        owners = [cmd for cmd, sub in commands.items() if name in sub.own_options]
+        if owners:
+            given = next((word for word in argv if word in commands), None)
+            example = given if given in owners else owners[0]
+            which = "" if len(owners) == len(commands) else f" ({', '.join(owners)})"
+            return (
+                f"{name} is an option of the command{which}: put it after the command, "
+                f"as in '{PROG} {example} {name} ...'"
+            )
+        return f"unknown option {name}"
+    return None
 
 
 def _float_where(ok: Callable[[float], bool], words: str) -> Callable[[str], float]:
@@ -212,7 +254,7 @@ def _add_sending(parser: argparse.ArgumentParser, *, window: bool = True) -> Non
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     """The whole command line."""
     parser = _Parser(
         prog=PROG,
@@ -313,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     city.add_argument("name", help="city name, e.g. Madrid or 'Madrid,ES'")
     _add_sending(city)
+    # The action's public `choices`: command name -> its parser.
+    parser.command_parsers = dict(commands.choices)
     return parser
 
 
@@ -408,7 +452,10 @@ def _command(args: argparse.Namespace, config: ClientConfig) -> Coroutine[Any, A
     if args.command == "discover":
         return run_discover(config, out)
     if args.command == "send":
-        readings = [payloads.parse_value(value) for value in args.value]
+        try:
+            readings = [payloads.parse_value(value) for value in args.value]
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         return run_send(config, args.type, readings, args.unit, out)
     if args.command == "incremental":
         values = incremental_values(args.initial, args.factor, args.min, args.max)
@@ -443,7 +490,11 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iot-client`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    wrong = _misplaced_option(words, parser, parser.command_parsers)
+    if wrong is not None:
+        parser.error(wrong)
+    args = parser.parse_args(words)
     try:
         _check_text(args)
         config = _config(args)

@@ -180,15 +180,26 @@ class Sender:
             task.cancel()
 
 
-async def connect(config: ClientConfig, rng: random.Random | None = None) -> ClientEndpoint:
-    """An endpoint to the collector: plain CoAP, or coaps when a PSK is configured."""
+async def connect(
+    config: ClientConfig, rng: random.Random | None = None, *, refused_is_final: bool = True
+) -> ClientEndpoint:
+    """An endpoint to the collector: plain CoAP, or coaps when a PSK is configured.
+
+    ``refused_is_final``: a closed port ends the requests at once (one-shot
+    commands); the simulator keeps retransmitting across a server restart.
+    """
     if config.psk is not None:
         from . import dtls
 
-        return await dtls.connect(
+        endpoint = await dtls.connect(
             config.host, config.port, *config.psk, params=config.params, rng=rng
         )
-    return await ClientEndpoint.connect(config.host, config.port, params=config.params, rng=rng)
+    else:
+        endpoint = await ClientEndpoint.connect(
+            config.host, config.port, params=config.params, rng=rng
+        )
+    endpoint.refused_is_final = refused_is_final
+    return endpoint
 
 
 async def _get(config: ClientConfig, path: str, out: TextIO) -> tuple[int, Response | None]:

@@ -21,6 +21,18 @@ message layer of RFC 7252 §4 for a client talking to one server:
 * **Deadline.** Each request has one overall deadline, by default
   MAX_TRANSMIT_WAIT (§4.8.2): the time after which a sender gives up on a CON.
 
+* **Block-wise** (RFC 7959). A body over ``BLOCK1_THRESHOLD`` bytes goes in
+  1024-byte Block1 blocks (RFC 7252 §4.6 asks to keep datagrams within about 1152
+  bytes; a server may well drop a larger one silently), the first with Size1; a
+  smaller block size asked for in a 2.31 answer is followed (§2.5). While several
+  such uploads are in flight on one endpoint, each carries its own Request-Tag
+  (RFC 9175 §3), so the server keeps their bodies apart. A response carrying Block2
+  is fetched to its end, for any method (§2.4, §3.3).
+* **Refusal.** On a connected socket the kernel reports an ICMP port unreachable as
+  ECONNREFUSED. With ``refused_is_final`` (one-shot commands) that ends every
+  outstanding request at once with :class:`ConnectionRefused`; otherwise (a fleet
+  simulation across a server restart) retransmission goes on.
+
 Each endpoint uses a connected UDP socket, so the kernel drops datagrams from any
 other peer and each endpoint has its own source port (the simulator relies on it).
 """
@@ -36,7 +48,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Container
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import coap
 from coap import Code, Message, OptionNumber, Type
@@ -44,8 +56,10 @@ from coap.codes import is_response, is_success
 from coap.transmission import TransmissionParameters
 
 __all__ = [
+    "BLOCK1_THRESHOLD",
     "BlockwiseError",
     "ClientEndpoint",
+    "ConnectionRefused",
     "EndpointClosed",
     "ExchangeReset",
     "MessageIds",
@@ -58,6 +72,11 @@ _TOKEN_BYTES: Final = 4
 #: Blocks a GET follows at most (64 KiB at the largest block size): a bound, not a
 #: protocol limit, so that a misbehaving server cannot keep the client forever.
 MAX_BLOCKS: Final = 64
+#: Bodies larger than this go block-wise (Block1), in blocks of ``16 << BLOCK1_SZX``.
+BLOCK1_THRESHOLD: Final = 1024
+BLOCK1_SZX: Final = 6
+#: RFC 9175 §3.2: Request-Tag, elective, repeatable, opaque 0-8 bytes.
+REQUEST_TAG: Final = 292
 
 
 class RequestError(Exception):
@@ -72,6 +91,10 @@ class ExchangeReset(RequestError):
     """The server answered the request with RST (§4.2, §4.3)."""
 
 
+class ConnectionRefused(RequestError):
+    """The kernel reported the server's port closed (ICMP port unreachable)."""
+
+
 class EndpointClosed(RequestError):
     """The endpoint was closed while the request was outstanding."""
 
@@ -80,11 +103,11 @@ class BlockwiseError(RequestError):
     """A block-wise response could not be reassembled."""
 
 
-def _read_block(raw: bytes) -> coap.Block:
+def _read_block(raw: bytes, name: str = "Block2") -> coap.Block:
     try:
         return coap.Block.decode(raw)
     except coap.CoapError as exc:
-        raise BlockwiseError(f"bad Block2 option: {exc}") from None
+        raise BlockwiseError(f"bad {name} option: {exc}") from None
 
 
 class MessageIds:
@@ -194,6 +217,12 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         self._closed = False
         self.last_error: OSError | None = None
         self.retransmissions = 0
+        #: Whether ECONNREFUSED ends every outstanding request (see the module text).
+        self.refused_is_final = False
+        #: How the server is named in messages ("HOST:PORT"), set by connect().
+        self.server = ""
+        self._upload_tags: set[bytes] = set()  # Request-Tags of uploads in flight
+        self._next_tag = 0
 
     @classmethod
     async def connect(
@@ -218,6 +247,7 @@ class ClientEndpoint(asyncio.DatagramProtocol):
             remote_addr=(str(address[0]), int(address[1])),
             family=family,
         )
+        endpoint.server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return endpoint
 
     # -- asyncio.DatagramProtocol ------------------------------------------------
@@ -234,6 +264,11 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         # not final: retransmission goes on and the timeout message names the error.
         if isinstance(exc, OSError):
             self.last_error = exc
+            if self.refused_is_final and isinstance(exc, ConnectionRefusedError):
+                where = self.server or "the server"
+                self._fail_all(
+                    ConnectionRefused(f"no CoAP server at {where}/udp (connection refused)")
+                )
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         try:
@@ -274,12 +309,153 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         confirmable: bool = True,
         timeout: float | None = None,
         options: tuple[tuple[int, bytes], ...] = (),
+        max_blocks: int = MAX_BLOCKS,
     ) -> Response:
-        """Send one request and wait for its response.
+        """Send one request and wait for its response, block-wise where needed.
 
-        ``timeout`` is the overall deadline in seconds (default MAX_TRANSMIT_WAIT).
-        Raises RequestTimeout, ExchangeReset or EndpointClosed.
+        A payload over BLOCK1_THRESHOLD bytes goes in Block1 blocks; a response with
+        Block2 is followed to its end and returned whole (the last block's message
+        with the whole body). ``timeout`` is the deadline of each message exchange
+        in seconds (default MAX_TRANSMIT_WAIT). Raises RequestTimeout,
+        ExchangeReset, ConnectionRefused, EndpointClosed, and BlockwiseError when
+        the blocks of an answer do not line up.
         """
+        kwargs: dict[str, Any] = {
+            "content_format": content_format,
+            "accept": accept,
+            "confirmable": confirmable,
+            "timeout": timeout,
+        }
+        if len(payload) > BLOCK1_THRESHOLD:
+            response = await self._upload(code, path, payload, options, kwargs)
+        else:
+            response = await self._request_once(
+                code, path, payload=payload, options=options, **kwargs
+            )
+        if response.message.option(OptionNumber.BLOCK2) is None or not is_success(response.code):
+            return response
+        return await self._download(code, path, response, options, kwargs, max_blocks)
+
+    async def get(
+        self,
+        path: str,
+        *,
+        confirmable: bool = True,
+        timeout: float | None = None,
+        max_blocks: int = MAX_BLOCKS,
+    ) -> Response:
+        """GET ``path``, following a block-wise (RFC 7959 §2.4) response to its end."""
+        return await self.request(
+            Code.GET, path, confirmable=confirmable, timeout=timeout, max_blocks=max_blocks
+        )
+
+    async def _upload(
+        self,
+        code: int,
+        path: str,
+        payload: bytes,
+        options: tuple[tuple[int, bytes], ...],
+        kwargs: dict[str, Any],
+    ) -> Response:
+        """RFC 7959 §2.3 Block1: the body in blocks, each answered 2.31 but the last.
+
+        Any other answer to a block (4.13 with Size1, 4.08, 5.03 …) ends the upload
+        and is the request's answer. Size1 on the first block tells the whole size
+        (§4), so a server can refuse a body it cannot take before it arrives.
+        """
+        tag = self._take_tag()
+        extra = options + (((REQUEST_TAG, tag),) if tag else ())
+        szx, offset, num, transmissions = BLOCK1_SZX, 0, 0, 0
+        try:
+            while True:
+                size = 16 << szx
+                chunk = payload[offset : offset + size]
+                more = offset + size < len(payload)
+                block_opts = (*extra, (OptionNumber.BLOCK1, coap.Block(num, more, szx).encode()))
+                if num == 0:
+                    block_opts += ((OptionNumber.SIZE1, coap.encode_uint(len(payload))),)
+                response = await self._request_once(
+                    code, path, payload=chunk, options=block_opts, **kwargs
+                )
+                transmissions += response.transmissions
+                if not more or response.code != Code.CONTINUE:
+                    return dataclasses.replace(response, transmissions=transmissions)
+                echoed = response.message.option(OptionNumber.BLOCK1)
+                asked = _read_block(echoed, "Block1") if echoed is not None else None
+                offset += size
+                if asked is not None and asked.szx < szx:
+                    szx = asked.szx  # §2.5: the server wants smaller blocks from now on
+                num = offset // (16 << szx)
+        finally:
+            self._upload_tags.discard(tag)
+
+    def _take_tag(self) -> bytes:
+        """A Request-Tag no upload in flight uses: none (b"") while it is the only one."""
+        tag = b""
+        while tag in self._upload_tags:
+            self._next_tag = (self._next_tag + 1) % (1 << 32)
+            tag = self._next_tag.to_bytes(4, "big")
+        self._upload_tags.add(tag)
+        return tag
+
+    async def _download(
+        self,
+        code: int,
+        path: str,
+        response: Response,
+        options: tuple[tuple[int, bytes], ...],
+        kwargs: dict[str, Any],
+        max_blocks: int,
+    ) -> Response:
+        """RFC 7959 §2.4/§3.3 Block2: ask for the following blocks with the same method
+        and no payload, until one says no more; the body is put back together."""
+        block = _read_block(response.message.option(OptionNumber.BLOCK2) or b"", "Block2")
+        if block.num != 0:
+            raise BlockwiseError(f"the first block of {path} is number {block.num}")
+        etag = response.message.option(OptionNumber.ETAG)
+        body = bytearray(response.message.payload)
+        transmissions = response.transmissions
+        kwargs = dict(kwargs, content_format=None)
+        while block.more:
+            if block.num + 1 >= max_blocks:
+                raise BlockwiseError(f"{path} is longer than {max_blocks} blocks")
+            following = coap.Block(block.num + 1, False, block.szx)
+            response = await self._request_once(
+                code,
+                path,
+                options=(*options, (OptionNumber.BLOCK2, following.encode())),
+                **kwargs,
+            )
+            transmissions += response.transmissions
+            raw = response.message.option(OptionNumber.BLOCK2)
+            if not is_success(response.code) or raw is None:
+                return response  # an error answer midway is the answer
+            block = _read_block(raw, "Block2")
+            if block.num != following.num:
+                raise BlockwiseError(f"asked for block {following.num}, got {block.num}")
+            if response.message.option(OptionNumber.ETAG) != etag:
+                raise BlockwiseError(f"{path} changed during the block-wise transfer")
+            body += response.message.payload
+        return Response(
+            message=dataclasses.replace(response.message, payload=bytes(body)),
+            rtt=response.rtt,
+            transmissions=transmissions,
+            separate=response.separate,
+        )
+
+    async def _request_once(
+        self,
+        code: int,
+        path: str,
+        *,
+        payload: bytes = b"",
+        content_format: int | None = None,
+        accept: int | None = None,
+        confirmable: bool = True,
+        timeout: float | None = None,
+        options: tuple[tuple[int, bytes], ...] = (),
+    ) -> Response:
+        """Send one message and wait for its response (no block-wise handling)."""
         if self._closed or self._transport is None:
             raise EndpointClosed("endpoint closed")
         opts = list(coap.path_to_options(path)) + list(options)
@@ -330,59 +506,6 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         finally:
             # Cancellation by the caller must not leave timers behind.
             self._forget(exchange)
-
-    async def get(
-        self,
-        path: str,
-        *,
-        confirmable: bool = True,
-        timeout: float | None = None,
-        max_blocks: int = MAX_BLOCKS,
-    ) -> Response:
-        """GET ``path``, following a block-wise (RFC 7959 §2.4) response to its end.
-
-        The returned response is the last block's, with the whole body as payload.
-        Raises what :meth:`request` raises, and BlockwiseError when the blocks do not
-        line up, the representation changes midway (ETag) or there are more than
-        ``max_blocks``.
-        """
-        response = await self.request(Code.GET, path, confirmable=confirmable, timeout=timeout)
-        raw = response.message.option(OptionNumber.BLOCK2)
-        if raw is None or not is_success(response.code):
-            return response
-        block = _read_block(raw)
-        if block.num != 0:
-            raise BlockwiseError(f"the first block of {path} is number {block.num}")
-        etag = response.message.option(OptionNumber.ETAG)
-        body = bytearray(response.message.payload)
-        transmissions = response.transmissions
-        while block.more:
-            if block.num + 1 >= max_blocks:
-                raise BlockwiseError(f"{path} is longer than {max_blocks} blocks")
-            following = coap.Block(block.num + 1, False, block.szx)
-            response = await self.request(
-                Code.GET,
-                path,
-                confirmable=confirmable,
-                timeout=timeout,
-                options=((OptionNumber.BLOCK2, following.encode()),),
-            )
-            transmissions += response.transmissions
-            raw = response.message.option(OptionNumber.BLOCK2)
-            if not is_success(response.code) or raw is None:
-                return response  # an error answer midway is the answer
-            block = _read_block(raw)
-            if block.num != following.num:
-                raise BlockwiseError(f"asked for block {following.num}, got {block.num}")
-            if response.message.option(OptionNumber.ETAG) != etag:
-                raise BlockwiseError(f"{path} changed during the block-wise transfer")
-            body += response.message.payload
-        return Response(
-            message=dataclasses.replace(response.message, payload=bytes(body)),
-            rtt=response.rtt,
-            transmissions=transmissions,
-            separate=response.separate,
-        )
 
     def close(self) -> None:
         """Close the socket; outstanding requests fail with EndpointClosed."""

@@ -15,11 +15,18 @@ from typing import Any, Final, TextIO
 import cbor2
 import orjson
 
-from coap import ContentFormat, OptionNumber
+from coap import Code, ContentFormat, OptionNumber
 from coap.codes import code_class as coap_class
 from coap.codes import is_success
 
-from .endpoint import BlockwiseError, ExchangeReset, RequestError, RequestTimeout, Response
+from .endpoint import (
+    BlockwiseError,
+    ConnectionRefused,
+    ExchangeReset,
+    RequestError,
+    RequestTimeout,
+    Response,
+)
 
 __all__ = [
     "EXIT_ANSWER_ERROR",
@@ -73,8 +80,17 @@ def format_answer(
         return f"{head}timeout ({outcome}){tail}"
     if isinstance(outcome, ExchangeReset):
         return f"{head}RST{tail}"
+    if isinstance(outcome, ConnectionRefused):
+        return f"{head}{outcome}"
     if isinstance(outcome, RequestError):
         return f"{head}error ({outcome}){tail}"
+    if outcome.code == Code.REQUEST_ENTITY_TOO_LARGE:
+        # One short line: echoing a body the server found too large helps nobody.
+        limit = outcome.message.uint_option(OptionNumber.SIZE1)
+        line = f"{head}4.13 request too large"
+        if limit is not None:
+            line += f" (the server takes at most {limit} bytes)"
+        return line + (f" [{len(sent)} events]" if isinstance(sent, list) else "")
     line = head + outcome.code_str + tail
     if not is_success(outcome.code):
         diagnostic = describe_payload(outcome)

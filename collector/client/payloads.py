@@ -55,8 +55,9 @@ def parse_value(text: str) -> Value:
     """A command-line reading: an int or a finite float when the text is a number,
     ``True``/``False`` for ``true``/``false`` (any case), otherwise the text itself.
 
-    ``nan``, ``inf`` and numbers that overflow to infinity stay text: JSON cannot
-    carry them and the collector stores a reading's value as a finite double.
+    Raises ValueError for ``nan``, ``inf`` and numbers that overflow to infinity
+    (``1e400``): JSON cannot carry them, and the collector stores a reading's value
+    as a finite double, so sending them as text would store a different reading.
     """
     stripped = text.strip()
     lowered = stripped.lower()
@@ -71,8 +72,12 @@ def parse_value(text: str) -> Value:
             number = float(stripped)
         except ValueError:
             return text
-        if math.isfinite(number):
-            return number
+        if not math.isfinite(number):
+            raise ValueError(
+                f"value {text!r} is not a finite number: events carry finite numbers "
+                "only (no NaN or infinity, at most about 1.8e308)"
+            )
+        return number
     return text
 
 

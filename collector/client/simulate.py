@@ -262,7 +262,7 @@ async def run_simulate(
     try:
         for index in range(1, devices + 1):
             # One endpoint (and, over coaps, one DTLS session) per simulated device.
-            endpoint = await connect(config, random.Random(rng.random()))
+            endpoint = await connect(config, random.Random(rng.random()), refused_is_final=False)
             fleet_devices.append(
                 _Device(
                     name=f"{config.origin}-{index:0{width}d}",
