@@ -2,6 +2,8 @@
 # A real single-node Elasticsearch for development, tests and CI.
 #
 #   bash scripts/es.sh start|stop|status|url
+#   ES_NODES=3 bash scripts/es.sh start          # a three-node cluster
+#   bash scripts/es.sh node-stop|node-start|node-kill N   # one node of a cluster (1..3)
 #
 # The server is the `integ-test-zip` distribution from Maven Central (core server, HTTP
 # transport, x-pack security; no bundled JDK, no ingest/ILM/data streams), fetched once
@@ -14,7 +16,12 @@
 # process only and removes the state directory.
 #
 # Environment (all optional):
-#   ES_PORT        HTTP port (default 9200; 0 picks a free one, see its URL's port)
+#   ES_PORT        HTTP port (default 9200; 0 picks a free one, see its URL's port); for a
+#                  cluster, the first node's port, which names the cluster afterwards
+#   ES_NODES       1 (default) or 3: a cluster of three master-eligible data nodes, each
+#                  with its own HTTP and transport port on 127.0.0.1, its own state in
+#                  $ES_STATE_DIR/node-N and ES_HEAP of heap; `start` prints the three
+#                  URLs joined by commas (what --es-url accepts)
 #   ES_STATE_DIR   instance directory (default ${TMPDIR:-/tmp}/iot-collector-es-<port>)
 #   ES_SECURITY=1  x-pack security on (HTTP basic auth, no TLS); needs ES_PASSWORD,
 #                  set as the `elastic` user's bootstrap password via the keystore
@@ -57,9 +64,40 @@ resolve_instance() {
     fi
     case $PORT in '' | *[!0-9]*) die "ES_PORT must be a number, got '$PORT'" ;; esac
     STATE=${ES_STATE_DIR:-${TMPDIR:-/tmp}/iot-collector-es-$PORT}
-    PIDFILE=$STATE/es.pid
     SCHEME=http
-    URL="$SCHEME://127.0.0.1:$PORT"
+    # A cluster remembers its nodes' ports in cluster.env (written by `start`).
+    NODES=${ES_NODES:-1}
+    if [ -f "$STATE/cluster.env" ]; then
+        # shellcheck disable=SC1091
+        . "$STATE/cluster.env"
+        NODES=${#HTTP_PORTS[@]}
+    fi
+    case $NODES in 1 | 3) ;; *) die "ES_NODES must be 1 or 3, got '$NODES'" ;; esac
+    if [ "$NODES" = 1 ]; then
+        HTTP_PORTS=("$PORT")
+        select_node 1
+        URL=$NODE_URL
+    else
+        URL=""
+        for p in "${HTTP_PORTS[@]:-}"; do URL="${URL:+$URL,}$SCHEME://127.0.0.1:$p"; done
+    fi
+}
+
+# Sets the current node (1-based): NSTATE, NPORT, NTPORT, PIDFILE, NODE_URL, NODE_NAME.
+select_node() {
+    local i=$1
+    if [ "$NODES" = 1 ]; then
+        NSTATE=$STATE
+        NPORT=$PORT
+        NTPORT=9300-9399
+    else
+        NSTATE=$STATE/node-$i
+        NPORT=${HTTP_PORTS[$((i - 1))]}
+        NTPORT=${TRANSPORT_PORTS[$((i - 1))]}
+    fi
+    NODE_NAME=es-$NPORT
+    PIDFILE=$NSTATE/es.pid
+    NODE_URL="$SCHEME://127.0.0.1:$NPORT"
 }
 
 running_pid() {
@@ -69,7 +107,7 @@ running_pid() {
     pid=$(cat "$PIDFILE" 2>/dev/null || true)
     case $pid in '' | *[!0-9]*) return 1 ;; esac
     [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "java.io.tmpdir=$STATE/tmp" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "java.io.tmpdir=$NSTATE/tmp" || return 1
     echo "$pid"
 }
 
@@ -145,6 +183,7 @@ ensure_dist() {
 }
 
 write_config() {
+    local STATE=$NSTATE # this node's directory
     mkdir -p "$STATE/data" "$STATE/logs" "$STATE/tmp"
     rm -rf "$STATE/config"
     cp -r "$ES_DIST/config" "$STATE/config"
@@ -156,13 +195,13 @@ write_config() {
     [ "${ES_SECURITY:-0}" = 1 ] && security=true
     cat >"$STATE/config/elasticsearch.yml" <<EOF
 cluster.name: iot-collector-$PORT
-node.name: es-$PORT
+node.name: $NODE_NAME
 path.data: $STATE/data
 path.logs: $STATE/logs
 network.host: 127.0.0.1
-http.port: $PORT
-transport.port: 9300-9399
-discovery.type: single-node
+http.port: $NPORT
+transport.port: $NTPORT
+$(discovery_settings)
 xpack.security.enabled: $security
 xpack.security.http.ssl.enabled: false
 xpack.security.transport.ssl.enabled: false
@@ -181,61 +220,123 @@ EOF
     return 0
 }
 
+discovery_settings() {
+    if [ "$NODES" = 1 ]; then
+        echo "discovery.type: single-node"
+        return
+    fi
+    local seeds="" masters="" p
+    for p in "${TRANSPORT_PORTS[@]}"; do seeds="${seeds:+$seeds, }\"127.0.0.1:$p\""; done
+    for p in "${HTTP_PORTS[@]}"; do masters="${masters:+$masters, }\"es-$p\""; done
+    echo "discovery.seed_hosts: [$seeds]"
+    # Read only when the cluster forms for the first time; later starts ignore it.
+    echo "cluster.initial_master_nodes: [$masters]"
+}
+
 health() {
     local auth=()
     [ "${ES_SECURITY:-0}" = 1 ] && auth=(-u "elastic:$ES_PASSWORD")
-    curl -s -m 3 "${auth[@]}" "$URL/_cluster/health?wait_for_status=yellow&timeout=2s" 2>/dev/null |
-        grep -Eq '"status":"(green|yellow)"'
+    curl -s -m 3 "${auth[@]}" \
+        "${HEALTH_URL:-$NODE_URL}/_cluster/health?wait_for_status=yellow&wait_for_nodes=${WAIT_NODES:-$NODES}&timeout=2s" \
+        2>/dev/null | grep -Eq '"status":"(green|yellow)".*"timed_out":false|"timed_out":false.*"status":"(green|yellow)"'
 }
 
 cmd_start() {
     resolve_instance start
-    if pid=$(running_pid); then
-        log "already running (pid $pid)"
-        echo "$URL"
-        return 0
-    fi
-    if port_in_use "$PORT"; then
-        die "port $PORT on 127.0.0.1 is already taken by another process; choose another with ES_PORT"
+    if [ "$NODES" = 3 ] && [ ! -f "$STATE/cluster.env" ]; then
+        # Ports: the given HTTP port (or a free one) for node 1, free ones for the rest.
+        HTTP_PORTS=("$PORT" "$(free_port)" "$(free_port)")
+        TRANSPORT_PORTS=("$(free_port)" "$(free_port)" "$(free_port)")
+        mkdir -p "$STATE"
+        printf 'HTTP_PORTS=(%s)\nTRANSPORT_PORTS=(%s)\n' "${HTTP_PORTS[*]}" "${TRANSPORT_PORTS[*]}" \
+            >"$STATE/cluster.env"
+        ES_PORT=$PORT ES_STATE_DIR=$STATE
+        resolve_instance start
     fi
     ensure_java
     ensure_user
     ensure_dist
+    local i pids=() failed=0
+    for i in $(seq 1 "$NODES"); do
+        select_node "$i"
+        start_node &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || failed=1; done
+    [ "$failed" = 0 ] || die "Elasticsearch failed to start (log above)"
+    if [ "$NODES" = 3 ]; then
+        select_node 1
+        HEALTH_URL=$NODE_URL wait_health "cluster of 3 at $URL"
+    fi
+    echo "$URL"
+}
+
+# Start the current node (select_node) unless it runs; wait until it is healthy.
+start_node() {
+    if pid=$(running_pid); then
+        log "$NODE_NAME already running (pid $pid)"
+        return 0
+    fi
+    if port_in_use "$NPORT"; then
+        die "port $NPORT on 127.0.0.1 is already taken by another process; choose another with ES_PORT"
+    fi
     if [ "$(id -u)" = 0 ]; then
         # The state directory's parents must be traversable by the server's user.
-        mkdir -p "$STATE"
-        runuser -u "$ES_USER" -- test -x "$STATE" ||
-            die "$ES_USER cannot reach $STATE (a parent directory is not world-executable)"
+        mkdir -p "$NSTATE"
+        [ "$NSTATE" = "$STATE" ] || chown "$ES_USER:" "$STATE"
+        runuser -u "$ES_USER" -- test -x "$NSTATE" ||
+            die "$ES_USER cannot reach $NSTATE (a parent directory is not world-executable)"
     fi
     write_config
-    log "starting Elasticsearch $ES_VERSION on $URL (state in $STATE, heap $ES_HEAP)"
+    log "starting Elasticsearch $ES_VERSION $NODE_NAME on $NODE_URL (state in $NSTATE, heap $ES_HEAP)"
     (
-        cd "$STATE"
-        as_es_user env ES_JAVA_HOME="$ES_JAVA_HOME" ES_PATH_CONF="$STATE/config" \
-            ES_TMPDIR="$STATE/tmp" ES_JAVA_OPTS="-Xms$ES_HEAP -Xmx$ES_HEAP ${ES_JAVA_OPTS:-}" \
-            "$ES_DIST/bin/elasticsearch" -d -p "$PIDFILE" >"$STATE/logs/console.log" 2>&1
+        cd "$NSTATE"
+        as_es_user env ES_JAVA_HOME="$ES_JAVA_HOME" ES_PATH_CONF="$NSTATE/config" \
+            ES_TMPDIR="$NSTATE/tmp" ES_JAVA_OPTS="-Xms$ES_HEAP -Xmx$ES_HEAP ${ES_JAVA_OPTS:-}" \
+            "$ES_DIST/bin/elasticsearch" -d -p "$PIDFILE" >"$NSTATE/logs/console.log" 2>&1
     ) || {
-        tail -n 30 "$STATE/logs/console.log" "$STATE/logs/iot-collector-$PORT.log" 2>/dev/null >&2 || true
-        die "Elasticsearch failed to start (log above)"
+        tail -n 30 "$NSTATE/logs/console.log" "$NSTATE/logs/iot-collector-$PORT.log" 2>/dev/null >&2 || true
+        die "Elasticsearch $NODE_NAME failed to start (log above)"
     }
+    # A cluster node alone is not healthy until a master is elected: the cluster's
+    # health is waited for once all nodes run.
+    if [ "$NODES" = 1 ]; then
+        wait_health "pid $(cat "$PIDFILE")"
+    else
+        log "$NODE_NAME started (pid $(cat "$PIDFILE"))"
+    fi
+}
+
+wait_health() {
     local deadline=$((SECONDS + ES_START_TIMEOUT))
     until health; do
         if [ $SECONDS -ge $deadline ] || ! running_pid >/dev/null; then
-            tail -n 40 "$STATE/logs/iot-collector-$PORT.log" "$STATE/logs/console.log" 2>/dev/null >&2 || true
-            die "Elasticsearch at $URL did not become healthy within ${ES_START_TIMEOUT}s (log tail above)"
+            tail -n 40 "$NSTATE/logs/iot-collector-$PORT.log" "$NSTATE/logs/console.log" 2>/dev/null >&2 || true
+            die "Elasticsearch at ${HEALTH_URL:-$NODE_URL} did not become healthy within ${ES_START_TIMEOUT}s (log tail above)"
         fi
         sleep 0.5
     done
-    log "ready (pid $(cat "$PIDFILE"))"
-    echo "$URL"
+    log "ready ($1)"
 }
 
 cmd_stop() {
     resolve_instance stop
+    local i
+    for i in $(seq 1 "$NODES"); do
+        select_node "$i"
+        stop_node TERM
+    done
+    if [ "${ES_KEEP_STATE:-0}" != 1 ] && [ -d "$STATE" ]; then
+        rm -rf "$STATE"
+    fi
+}
+
+# Stop the current node: SIGTERM (then SIGKILL after 30 s), or SIGKILL at once.
+stop_node() {
     local pid
     if pid=$(running_pid); then
-        log "stopping pid $pid"
-        kill -TERM "$pid" 2>/dev/null || true
+        log "stopping $NODE_NAME (pid $pid, SIG$1)"
+        kill -"$1" "$pid" 2>/dev/null || true
         for _ in $(seq 1 120); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.25
@@ -246,16 +347,35 @@ cmd_stop() {
             sleep 0.5
         fi
     else
-        log "not running on port $PORT"
+        log "$NODE_NAME not running"
     fi
     rm -f "$PIDFILE"
-    if [ "${ES_KEEP_STATE:-0}" != 1 ] && [ -d "$STATE" ]; then
-        rm -rf "$STATE"
-    fi
+}
+
+# node-stop|node-start|node-kill N: one node of a running cluster (rolling restarts,
+# fault tests). Its data stays; node-start waits until the cluster sees 3 nodes.
+cmd_node() {
+    local action=$1 n=${2:-}
+    resolve_instance node
+    [ "$NODES" = 3 ] || die "node-$action needs a cluster (ES_NODES=3 start, then ES_PORT=<first port>)"
+    case $n in 1 | 2 | 3) ;; *) die "node-$action needs a node number 1..3, got '$n'" ;; esac
+    select_node "$n"
+    case $action in
+    stop) stop_node TERM ;;
+    kill) stop_node KILL ;;
+    start)
+        ensure_java
+        ensure_user
+        ensure_dist
+        start_node
+        wait_health "$NODE_NAME back in the cluster"
+        ;;
+    esac
 }
 
 cmd_status() {
     resolve_instance status
+    select_node 1
     if pid=$(running_pid); then
         if health; then
             echo "running (pid $pid) at $URL"
@@ -270,6 +390,7 @@ cmd_status() {
 
 cmd_url() {
     resolve_instance url
+    select_node 1
     running_pid >/dev/null || die "not running on port $PORT"
     echo "$URL"
 }
@@ -280,7 +401,10 @@ main() {
     stop) cmd_stop ;;
     status) cmd_status ;;
     url) cmd_url ;;
-    *) die "usage: es.sh start|stop|status|url (env: ES_PORT ES_STATE_DIR ES_SECURITY ES_PASSWORD ES_HEAP ES_KEEP_STATE)" ;;
+    node-stop) cmd_node stop "${2:-}" ;;
+    node-start) cmd_node start "${2:-}" ;;
+    node-kill) cmd_node kill "${2:-}" ;;
+    *) die "usage: es.sh start|stop|status|url|node-stop N|node-start N|node-kill N (env: ES_PORT ES_NODES ES_STATE_DIR ES_SECURITY ES_PASSWORD ES_HEAP ES_KEEP_STATE)" ;;
     esac
 }
 
