@@ -3,10 +3,11 @@
 
 Rows (each for --duration seconds after a short warm-up, against the same local ES):
 
-- collector          `iot-collector serve --sink elasticsearch` driven by a closed-loop
-                     CoAP generator: --sockets source ports, each with --window CON
-                     requests in flight, one event per request; acked (2.01) events/s
-                     and latency p50/p99 of those acks.
+- collector          `iot-collector serve --sink elasticsearch` driven by the closed-loop
+                     CoAP generator of bench/loadtest.py (batched system calls, a few
+                     us of CPU per request): --sockets source ports, each with --window
+                     CON requests in flight, one event per request; acked (2.01)
+                     events/s and latency p50/p99 of those acks.
 - collector batch=1  the same with `--batch-max 1`: one write request per event, as the
                      thesis' node.js collector did (one `index` call per event).
 - collector, null    the same with `--sink null`: the CoAP side and the generator alone,
@@ -16,6 +17,11 @@ Rows (each for --duration seconds after a short warm-up, against the same local 
 - ids: create+_id vs index+auto id, and http_compress on/off: the sink's own bulk path
                      (ElasticsearchSink.write, batches of --batch events, --inflight
                      writes at once), so only the variable changes.
+
+CPU per stored event is measured for every row: the collector's process tree, the
+loader (this process), the generator, and Elasticsearch itself (its process, found by
+the port it listens on), so that on a machine where all of them share the cores the
+comparison can be read per unit of work as well as per second.
 
 Output: a Markdown table and the ratios on stdout, progress on stderr, and with --json
 every figure. ES: $ES_URL, else one is started with scripts/es.sh on a free port (and
@@ -31,10 +37,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import random
+import re
+import resource
 import signal
 import socket
 import statistics
@@ -51,9 +58,12 @@ import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-import coap  # noqa: E402
-from coap import Code, ContentFormat, Message, OptionNumber, Type  # noqa: E402
+from loadgen import report as lg_report  # noqa: E402
+from loadgen import servers as lg_servers  # noqa: E402
+from loadgen.generator import LoadSpec, run_load  # noqa: E402
+
 from collector.events import Event  # noqa: E402
 from collector.sinks.base import Outcome  # noqa: E402
 from collector.sinks.elasticsearch import ElasticsearchSink, index_name  # noqa: E402
@@ -164,123 +174,87 @@ def stop_collector(proc: subprocess.Popen[bytes], err: Path) -> None:
         err.unlink()
 
 
-class Device(asyncio.DatagramProtocol):
-    """One source port with `window` requests in flight, each answered or timed out."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.transport: asyncio.DatagramTransport | None = None
-        self.waiting: dict[bytes, asyncio.Future[int]] = {}
-        self.mid = random.randrange(0x10000)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        try:
-            msg = coap.decode(data)
-        except coap.MessageFormatError:
-            return
-        if msg.type == Type.CON:  # a separate response: ACK it
-            assert self.transport is not None
-            self.transport.sendto(coap.encode(Message(Type.ACK, Code.EMPTY, msg.mid)))
-        if msg.code == Code.EMPTY:
-            return
-        fut = self.waiting.pop(msg.token, None)
-        if fut is not None and not fut.done():
-            fut.set_result(int(msg.code))
-
-    def error_received(self, exc: Exception) -> None:
-        pass
+def drive(port: int, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    """Closed loop for `seconds` after the warm-up: the run's summary (loadgen report)."""
+    spec = LoadSpec(
+        host="127.0.0.1",
+        port=port,
+        rate=0.0,
+        duration=seconds,
+        warmup=args.warmup,
+        devices=args.sockets,
+        window=args.window,
+        timeout=args.request_timeout,
+    )
+    raw = run_load(spec, label="collector", show_progress=False)
+    summary = lg_report.summarize(raw, spec, "collector", "collector", 1)
+    summary["sent_total"] = sum(int(r["sent_total"]) for r in raw)
+    return summary
 
 
-async def drive(port: int, args: argparse.Namespace, seconds: float) -> dict[str, Any]:
-    """Closed loop for `seconds`: returns acked count, other answers, latencies of acks."""
-    loop = asyncio.get_running_loop()
-    devices: list[Device] = []
-    for i in range(args.sockets):
-        _t, proto = await loop.create_datagram_endpoint(
-            functools.partial(Device, i),
-            local_addr=("127.0.0.1", 0),
-            remote_addr=("127.0.0.1", port),
-        )
-        devices.append(proto)
-    stats: dict[str, Any] = {"acked": 0, "other": {}, "timeouts": 0, "lat": []}
-    measure_from = loop.time() + args.warmup
-    stop_at = measure_from + seconds
-    fmt_opt = (int(OptionNumber.CONTENT_FORMAT), coap.encode_uint(ContentFormat.JSON))
-    path_opt = (int(OptionNumber.URI_PATH), b"events")
+def es_pid(url: str) -> int | None:
+    """The pid of the process listening on the URL's TCP port (Elasticsearch), if any."""
+    port = url.rstrip("/").rsplit(":", 1)[-1]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=10
+        ).stdout
+        found = re.search(r"pid=(\d+)", out)
+        if found:
+            return int(found.group(1))
+    return None
 
-    async def slot(dev: Device) -> None:
-        while loop.time() < stop_at:
-            dev.mid = (dev.mid + 1) & 0xFFFF
-            token = os.urandom(6)
-            body = orjson.dumps(
-                {
-                    "sender": "bench",
-                    "origin": f"dev{dev.index}",
-                    "payload": {
-                        "type": "temperature",
-                        "value": random.uniform(-10, 40),
-                        "unit": "Cel",
-                    },
-                    "id": uuid.uuid4().hex,
-                }
-            )
-            msg = Message(Type.CON, Code.POST, dev.mid, token, (path_opt, fmt_opt), body)
-            fut: asyncio.Future[int] = loop.create_future()
-            dev.waiting[token] = fut
-            began = loop.time()
-            assert dev.transport is not None
-            dev.transport.sendto(coap.encode(msg))
-            try:
-                code = await asyncio.wait_for(fut, args.request_timeout)
-            except TimeoutError:
-                dev.waiting.pop(token, None)
-                if measure_from <= loop.time() <= stop_at:
-                    stats["timeouts"] += 1
-                continue
-            done = loop.time()
-            # Completions inside the window count (throughput = completions per second).
-            if not measure_from <= done <= stop_at:
-                continue
-            if code == Code.CREATED:
-                stats["acked"] += 1
-                stats["lat"].append(done - began)
-            else:
-                key = coap.code_str(code)
-                stats["other"][key] = stats["other"].get(key, 0) + 1
-                await asyncio.sleep(0.05)
 
-    await asyncio.gather(*(slot(d) for d in devices for _ in range(args.window)))
-    for d in devices:
-        if d.transport is not None:
-            d.transport.close()
-    return stats
+def pid_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of one process so far (0 when it is unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def collector_row(url: str, args: argparse.Namespace, name: str, **extra: Any) -> dict[str, Any]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     proc, port, err = start_collector(url, prefix, args, **extra)
+    fleet = lg_servers.Fleet(procs=[lg_servers.Proc("collector", proc)])
+    es = es_pid(url)
     try:
         time.sleep(0.5)
-        stats = asyncio.run(drive(port, args, args.duration))
+        cpu0, es0 = fleet.cpu_seconds(), pid_cpu(es)
+        run = drive(port, args, args.duration)
+        cpu, es_cpu = fleet.cpu_seconds() - cpu0, pid_cpu(es) - es0
     finally:
         stop_collector(proc, err)
     stored = count_docs(url, prefix) if extra.get("sink") != "null" else 0
     delete_prefix(url, prefix)
-    lat = sorted(stats["lat"])
+    acked = run["ok"]
+    sent_total = run["sent_total"]
     row = {
         "row": name,
-        "events_per_s": stats["acked"] / args.duration,
-        "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
-        "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
-        "other": stats["other"],
-        "timeouts": stats["timeouts"],
+        "events_per_s": acked / args.duration,
+        "p50_ms": run["latency_ms"]["p50"],
+        "p99_ms": run["latency_ms"]["p99"],
+        "other": {c: n for c, n in run["codes"].items() if c != "2.01"},
+        "timeouts": run["timeouts"],
         "stored_total": stored,
+        # CPU over warm-up and measurement, per request sent in that time
+        "collector_cpu_us_per_event": round(cpu / sent_total * 1e6, 1) if sent_total else None,
+        "es_cpu_us_per_event": round(es_cpu / sent_total * 1e6, 1) if sent_total and es else None,
+        "generator_cpu_us_per_event": run["generator_cpu_us_per_request"],
     }
     log(
-        f"{name}: {row['events_per_s']:.0f} ev/s p50 {row['p50_ms']} p99 {row['p99_ms']} other {stats['other']} timeouts {stats['timeouts']}"
+        f"{name}: {row['events_per_s']:.0f} ev/s p50 {row['p50_ms']} p99 {row['p99_ms']}"
+        f" other {row['other']} timeouts {row['timeouts']} collector CPU"
+        f" {row['collector_cpu_us_per_event']} us/event, ES {row['es_cpu_us_per_event']}"
     )
     return row
 
@@ -316,7 +290,7 @@ async def _streaming_loader(url: str, prefix: str, args: argparse.Namespace) -> 
     loop = asyncio.get_running_loop()
     measure_from = loop.time() + args.warmup
     stop_at = measure_from + args.duration
-    done = 0
+    done = total = 0
 
     async def actions() -> AsyncIterator[dict[str, Any]]:
         while loop.time() < stop_at:
@@ -329,10 +303,11 @@ async def _streaming_loader(url: str, prefix: str, args: argparse.Namespace) -> 
                 }
 
     async def stream() -> None:
-        nonlocal done
+        nonlocal done, total
         async for ok, _item in async_streaming_bulk(
             client, actions(), chunk_size=args.batch, raise_on_error=False, max_retries=0
         ):
+            total += 1
             now = loop.time()
             if ok and measure_from <= now <= stop_at:
                 done += 1
@@ -345,7 +320,7 @@ async def _streaming_loader(url: str, prefix: str, args: argparse.Namespace) -> 
         await asyncio.gather(*(stream() for _ in range(args.loader_streams)))
     finally:
         await client.close()
-    return done
+    return done, total
 
 
 def sink_config(url: str, prefix: str, compress: bool = False) -> SimpleNamespace:
@@ -370,7 +345,7 @@ async def _sink_loader(
     loop = asyncio.get_running_loop()
     measure_from = loop.time() + args.warmup
     stop_at = measure_from + args.duration
-    done = 0
+    done = total = 0
     if auto_ids:
         # The alternative to deterministic ids: `index` actions without `_id`, so ES picks
         # one. Same serialisation path otherwise (patched action line).
@@ -388,10 +363,11 @@ async def _sink_loader(
         sink._action = action  # type: ignore[method-assign]
 
     async def worker() -> None:
-        nonlocal done
+        nonlocal done, total
         while loop.time() < stop_at:
             events = make_events(args.batch)
             results = await sink.write(events)
+            total += len(events)
             now = loop.time()
             if measure_from <= now <= stop_at:
                 done += sum(1 for r in results if r.outcome is Outcome.STORED)
@@ -400,22 +376,38 @@ async def _sink_loader(
         await asyncio.gather(*(worker() for _ in range(args.inflight)))
     finally:
         await sink.close()
-    return done
+    return done, total
 
 
 def loader_row(
     url: str, args: argparse.Namespace, name: str, kind: str, **kw: Any
 ) -> dict[str, Any]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    es = es_pid(url)
+    cpu0, es0 = self_cpu(), pid_cpu(es)
     try:
         if kind == "streaming":
-            done = asyncio.run(_streaming_loader(url, prefix, args))
+            done, total = asyncio.run(_streaming_loader(url, prefix, args))
         else:
-            done = asyncio.run(_sink_loader(url, prefix, args, **kw))
+            done, total = asyncio.run(_sink_loader(url, prefix, args, **kw))
     finally:
+        cpu, es_cpu = self_cpu() - cpu0, pid_cpu(es) - es0
         delete_prefix(url, prefix)
-    row = {"row": name, "events_per_s": done / args.duration, "p50_ms": None, "p99_ms": None}
-    log(f"{name}: {row['events_per_s']:.0f} ev/s")
+    row = {
+        "row": name,
+        "events_per_s": done / args.duration,
+        "p50_ms": None,
+        "p99_ms": None,
+        # the loader's CPU includes making its events (what the generator and the
+        # collector's decoding do for the collector rows)
+        "collector_cpu_us_per_event": round(cpu / total * 1e6, 1) if total else None,
+        "es_cpu_us_per_event": round(es_cpu / total * 1e6, 1) if total and es else None,
+        "generator_cpu_us_per_event": None,
+    }
+    log(
+        f"{name}: {row['events_per_s']:.0f} ev/s, loader CPU"
+        f" {row['collector_cpu_us_per_event']} us/event, ES {row['es_cpu_us_per_event']}"
+    )
     return row
 
 
@@ -442,7 +434,14 @@ ROWS = {
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = dict(rows[0])
-    for key in ("events_per_s", "p50_ms", "p99_ms"):
+    for key in (
+        "events_per_s",
+        "p50_ms",
+        "p99_ms",
+        "collector_cpu_us_per_event",
+        "es_cpu_us_per_event",
+        "generator_cpu_us_per_event",
+    ):
         values = [r[key] for r in rows if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
     out["runs"] = [r["events_per_s"] for r in rows]
@@ -464,7 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         "--batch", type=int, default=500, help="events per bulk (collector --batch-max, loaders)"
     )
     p.add_argument("--sockets", type=int, default=64, help="generator source ports")
-    p.add_argument("--window", type=int, default=8, help="requests in flight per source port")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=32,
+        help="requests in flight per source port (32: 64 x 32 = 2048 events in flight, what"
+        " the loader keeps in flight with 4 streams of 500, so both fill 500-event bulks)",
+    )
     p.add_argument("--request-timeout", type=float, default=30.0)
     p.add_argument("--loader-streams", type=int, default=4, help="parallel async_streaming_bulk")
     p.add_argument(
@@ -496,13 +501,18 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"run {rep + 1}/{args.repeat}: {name}")
                 results[name].append(ROWS[name](url, args))
     med = {name: median_row(rows) for name, rows in results.items()}
-    print(f"\n| row | events/s (median of {args.repeat}) | p50 ms | p99 ms | runs |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    print(
+        f"\n| row | events/s (median of {args.repeat}) | p50 ms | p99 ms | runs |"
+        " collector or loader CPU us/event | ES CPU us/event | generator CPU us/event |"
+    )
+    print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
     for name in wanted:
         r = med[name]
         runs = ", ".join(f"{v:,.0f}" for v in r["runs"])
         print(
-            f"| {r['row']} | {fmt(r['events_per_s'])} | {fmt(r['p50_ms'], 1)} | {fmt(r['p99_ms'], 1)} | {runs} |"
+            f"| {r['row']} | {fmt(r['events_per_s'])} | {fmt(r['p50_ms'], 1)}"
+            f" | {fmt(r['p99_ms'], 1)} | {runs} | {fmt(r['collector_cpu_us_per_event'], 1)}"
+            f" | {fmt(r['es_cpu_us_per_event'], 1)} | {fmt(r['generator_cpu_us_per_event'], 1)} |"
         )
     print()
 
