@@ -108,6 +108,7 @@ def run_indices(config: Config, delete_older_than: str | None, dry_run: bool, ou
     from elasticsearch import ApiError, Elasticsearch
 
     from collector.exits import EXIT_CONFIG, EXIT_OK, EXIT_STORE_UNAVAILABLE
+    from collector.redact import redact_url
     from collector.sinks.elasticsearch import es_nodes
 
     age = None
@@ -148,6 +149,7 @@ def run_indices(config: Config, delete_older_than: str | None, dry_run: bool, ou
                     file=out,
                 )
         except (ApiError, TransportError) as exc:
-            print(f"iot-collector: elasticsearch at {config.es_url}: {exc}", file=sys.stderr)
+            where = redact_url(config.es_url)  # userinfo never printed (issue 14)
+            print(f"iot-collector: elasticsearch at {where}: {exc}", file=sys.stderr)
             return EXIT_STORE_UNAVAILABLE
     return EXIT_OK
