@@ -55,12 +55,14 @@ def job(objects: list[Manifest], component: str) -> Manifest:
 
 
 def env(c: Manifest) -> dict[str, Any]:
-    """name -> literal value, or ("secret", name, key) for a secretKeyRef."""
+    """name -> literal value, ("secret", name, key) for a secretKeyRef, else valueFrom."""
     out: dict[str, Any] = {}
     for e in c.get("env", []):
-        if "valueFrom" in e:
+        if "secretKeyRef" in e.get("valueFrom", {}):
             ref = e["valueFrom"]["secretKeyRef"]
             out[e["name"]] = ("secret", ref["name"], ref["key"])
+        elif "valueFrom" in e:
+            out[e["name"]] = e["valueFrom"]
         else:
             out[e["name"]] = e["value"]
     return out
@@ -162,3 +164,22 @@ def test_ingress_to_a_kibana_without_login_is_refused(
     assert kibana["ELASTICSEARCH_USERNAME"] == ("secret", "kb", "username")
     assert kibana["ELASTICSEARCH_PASSWORD"] == ("secret", "kb", "password")
     one(objects, "Ingress", f"{FULLNAME}-kibana")
+
+
+def test_three_nodes_talk_over_transport_tls(render: Render) -> None:
+    objects = render("--set", "elasticsearch.replicas=3")
+    tls = one(objects, "Secret", f"{FULLNAME}-elasticsearch-transport-tls")
+    assert set(tls["data"]) == {"ca.crt", "tls.crt", "tls.key"}
+    assert tls["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    es = container(objects, "StatefulSet", f"{FULLNAME}-elasticsearch", "elasticsearch")
+    variables = env(es)
+    assert variables["xpack.security.transport.ssl.enabled"] == "true"
+    mount = {m["name"]: m["mountPath"] for m in es["volumeMounts"]}["transport-tls"]
+    for key in ("key", "certificate", "certificate_authorities"):
+        assert variables[f"xpack.security.transport.ssl.{key}"].startswith(mount + "/")
+    spec = one(objects, "StatefulSet", f"{FULLNAME}-elasticsearch")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "transport-tls"]
+    assert volume["secret"]["secretName"] == tls["metadata"]["name"]
+    # A single node needs none of it.
+    single = env(container(render(), "StatefulSet", f"{FULLNAME}-elasticsearch", "elasticsearch"))
+    assert "xpack.security.transport.ssl.enabled" not in single
