@@ -493,3 +493,58 @@ def test_request_waits_for_a_message_id_used_within_the_lifetime() -> None:
         transport.close()
 
     _run(scenario())
+
+
+def test_block1_follows_a_smaller_block_size_and_a_block2_answer_to_a_post() -> None:
+    """RFC 7959 §2.5: the server takes the first 1024-byte block and asks for 512-byte
+    blocks; the client goes on at NUM 2 of SZX 5. The final answer carries Block2
+    (§3.3): the rest is fetched with POST and Block2, without a payload."""
+    body = bytes(range(256)) * 12  # 3072 bytes
+    answer = b"A" * 40
+    uploaded = bytearray()
+
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        raw1, raw2 = msg.option(OptionNumber.BLOCK1), msg.option(OptionNumber.BLOCK2)
+        if raw2 is not None:  # the following blocks of the answer
+            num = coap.Block.decode(raw2).num
+            opts = ((OptionNumber.BLOCK2, coap.Block(num, (num + 1) * 16 < 40, 0).encode()),)
+            chunk = answer[num * 16 : (num + 1) * 16]
+            server.send(Message(Type.ACK, Code.CHANGED, msg.mid, msg.token, opts, chunk), addr)
+            return
+        assert raw1 is not None
+        block = coap.Block.decode(raw1)
+        assert block.offset == len(uploaded), (block, len(uploaded))
+        uploaded.extend(msg.payload)
+        if block.more:
+            echo = coap.Block(block.num, True, min(block.szx, 5)).encode()
+            reply = Message(Type.ACK, Code.CONTINUE, msg.mid, msg.token, ((27, echo),))
+        else:
+            opts = ((27, raw1), (OptionNumber.BLOCK2, coap.Block(0, True, 0).encode()))
+            reply = Message(Type.ACK, Code.CHANGED, msg.mid, msg.token, opts, answer[:16])
+        server.send(reply, addr)
+
+    async def scenario() -> None:
+        server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        try:
+            response = await endpoint.request(Code.POST, "/events", payload=body, timeout=5)
+        finally:
+            endpoint.close()
+            transport.close()
+        assert response.code == Code.CHANGED
+        assert response.message.payload == answer
+        assert bytes(uploaded) == body
+        blocks = [
+            coap.Block.decode(m.option(OptionNumber.BLOCK1) or b"")
+            for m in server.requests()
+            if m.option(OptionNumber.BLOCK1) is not None
+        ]
+        assert [(b.num, b.szx) for b in blocks] == [(0, 6), (2, 5), (3, 5), (4, 5), (5, 5)]
+        first = server.requests()[0]
+        assert first.uint_option(OptionNumber.SIZE1) == len(body)
+        assert first.option(292) is None  # the only upload in flight: no Request-Tag
+        fetches = [m for m in server.requests() if m.option(OptionNumber.BLOCK2) is not None]
+        assert [m.code for m in fetches] == [Code.POST, Code.POST]
+        assert all(m.payload == b"" for m in fetches)
+
+    _run(scenario())
