@@ -72,9 +72,14 @@ def test_generated_passwords_in_a_kept_secret(default_objects: list[Manifest]) -
     secret = one(default_objects, "Secret", CREDENTIALS)
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     passwords = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    assert set(passwords) == {"elastic-password", "kibana-password", "collector-password"}
+    assert set(passwords) == {
+        "elastic-password",
+        "kibana-password",
+        "collector-password",
+        "retention-password",
+    }
     assert all(len(p) == 32 and p.isalnum() for p in passwords.values())
-    assert len(set(passwords.values())) == 3
+    assert len(set(passwords.values())) == 4
 
 
 def test_elasticsearch_runs_with_security_on(default_objects: list[Manifest]) -> None:
@@ -183,3 +188,20 @@ def test_three_nodes_talk_over_transport_tls(render: Render) -> None:
     # A single node needs none of it.
     single = env(container(render(), "StatefulSet", f"{FULLNAME}-elasticsearch", "elasticsearch"))
     assert "xpack.security.transport.ssl.enabled" not in single
+
+
+def test_retention_signs_in_as_its_own_user(render: Render) -> None:
+    objects = render("--set", "cronJobs.retention.enabled=true")
+    (cron,) = [
+        o
+        for o in objects
+        if o["kind"] == "CronJob" and o["metadata"]["name"].endswith("-retention")
+    ]
+    (retention,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    variables = env(retention)
+    assert variables["COLLECTOR_ES_USERNAME"] == "iot-collector-retention"
+    assert variables["COLLECTOR_ES_PASSWORD"] == ("secret", CREDENTIALS, "retention-password")
+    setup = env(job(objects, "elasticsearch-setup")["spec"]["template"]["spec"]["containers"][0])
+    assert setup["RETENTION_USERNAME"] == variables["COLLECTOR_ES_USERNAME"]
+    assert setup["RETENTION_PASSWORD"] == variables["COLLECTOR_ES_PASSWORD"]
+    assert "delete_index" in SETUP_SCRIPT.read_text()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Users of the in-chart Elasticsearch (security on), set once it answers and again
 # on every upgrade (idempotent): the kibana_system password Kibana signs in with,
-# and the collector's own user, whose role may only install its index template,
-# check cluster health and create documents and indices under its prefix.
+# the collector's own user, whose role may only install its index template, check
+# cluster health and create documents and indices under its prefix, and the
+# retention CronJob's user, which may only list and delete those indices.
 # No here-strings or heredocs: the job's root filesystem is read-only.
 set -euo pipefail
 ES=${ELASTICSEARCH_URL:?}
@@ -41,4 +42,15 @@ if [ -n "${COLLECTOR_USERNAME:-}" ] && [ -n "${COLLECTOR_PASSWORD:-}" ]; then
     es -X PUT "$ES/_security/user/$COLLECTOR_USERNAME" \
         -d "{\"password\":\"$COLLECTOR_PASSWORD\",\"roles\":[\"iot_collector_writer\"]}" >/dev/null
     echo "setup: user $COLLECTOR_USERNAME may write $INDEX_PREFIX-*"
+fi
+
+if [ -n "${RETENTION_USERNAME:-}" ] && [ -n "${RETENTION_PASSWORD:-}" ]; then
+    es -X PUT "$ES/_security/role/iot_collector_retention" -d "{
+        \"cluster\": [\"monitor\"],
+        \"indices\": [{\"names\": [\"$INDEX_PREFIX-*\"],
+                       \"privileges\": [\"monitor\", \"view_index_metadata\", \"delete_index\"]}]}" \
+        >/dev/null
+    es -X PUT "$ES/_security/user/$RETENTION_USERNAME" \
+        -d "{\"password\":\"$RETENTION_PASSWORD\",\"roles\":[\"iot_collector_retention\"]}" >/dev/null
+    echo "setup: user $RETENTION_USERNAME may delete $INDEX_PREFIX-* indices"
 fi
