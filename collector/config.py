@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from coap.transmission import ACK_TIMEOUT
+from collector.events import Limits, duration_text
 from collector.psk import PskFileError, load_psk_file
 from collector.ratelimit import RateLimit
 
@@ -57,6 +58,8 @@ class Config:
     max_flushes: int = 4
     max_pending: int = 20000
     max_body: int = 16384
+    max_event_age: float = 7 * 86400.0  # seconds; see event_limits
+    max_event_future: float = 600.0
     dedup_capacity: int = 200_000
     ack_delay: float = 0.5
     drain_timeout: float = 10.0
@@ -176,6 +179,23 @@ def _size(text: str) -> int:
     return int(value * _SIZE_UNITS[unit])
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds of `90s`, `10m`, `36h`, `30d`, or a plain number of seconds."""
+    stripped = text.strip().lower()
+    scale = _DURATION_UNITS.get(stripped[-1:], 0) if stripped else 0
+    number = stripped[:-1] if scale else stripped
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 10m, 36h, 30d, or seconds)")
+    return value
+
+
 def _nonneg_float(text: str) -> float:
     value = _float(text)
     if not (value >= 0 and math.isfinite(value)):
@@ -248,6 +268,18 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
     ("max-pending", _positive_int, "events waiting per worker before 5.03", None),
     ("max-body", _positive_int, "largest request body in bytes (4.13 above)", None),
     (
+        "max-event-age",
+        _duration,
+        "oldest accepted event time before the receive time (90s, 10m, 36h, 7d; 4.00 beyond)",
+        None,
+    ),
+    (
+        "max-event-future",
+        _duration,
+        "furthest accepted event time after the receive time (4.00 beyond)",
+        None,
+    ),
+    (
         "dedup-capacity",
         _positive_int,
         "exchanges remembered per worker for duplicate detection",
@@ -283,6 +315,9 @@ def env_name(flag: str) -> str:
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
 
 
+_DURATION_FLAGS = {"max-event-age", "max-event-future"}
+
+
 def _shown_default(flag: str) -> str | None:
     """The default as `--help` shows it (None: nothing to show)."""
     if flag == "workers":
@@ -292,6 +327,8 @@ def _shown_default(flag: str) -> str | None:
         return None
     if isinstance(default, bool):
         return "on" if default else "off"
+    if flag in _DURATION_FLAGS:
+        return duration_text(round(default * 1000))
     return str(default)
 
 
@@ -436,3 +473,13 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
     if not config.plain_enabled and not config.dtls_enabled:
         raise ConfigError("--plain off without --psk-file leaves nothing to serve")
     return config
+
+
+def event_limits(config: Config) -> Limits:
+    """The bounds event decoding applies, from the configuration (decoding itself takes
+    no config object: `collector.events.Limits` is all it needs)."""
+    return Limits(
+        max_body=config.max_body,
+        max_event_age_ms=round(config.max_event_age * 1000),
+        max_event_future_ms=round(config.max_event_future * 1000),
+    )

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 #: Bumped whenever the mappings change; stored in the template's `_meta`.
-TEMPLATE_VERSION: Final = 1
+TEMPLATE_VERSION: Final = 2
 
 _KEYWORD: Final = {"type": "keyword"}
 
@@ -46,6 +46,10 @@ MAPPINGS: Final[dict[str, Any]] = {
         "source": _KEYWORD,
         "worker": {"type": "integer"},
         "event_id": _KEYWORD,
+        # The device's own `id` (event_id is the key derived from it, scoped by
+        # namespace and sender) and, for an authenticated (DTLS) device, its PSK identity.
+        "client_id": _KEYWORD,
+        "identity": _KEYWORD,
     },
 }
 

@@ -18,12 +18,22 @@ Choices an operator should know:
   time. (SenML follows RFC 8428 instead: unknown labels are ignored unless they end
   in `_`.)
 - Strings (namespace, sender, origin, type, unit, id) must be non-empty text of at
-  most `max_string` characters; a string value at most `max_value_string`. The
-  optional fields (namespace, unit, timestamp, id) may also be null: absent.
+  most `max_string` characters, without control characters (C0, DEL, C1: 4.00
+  ``event[2].sender: control character``); a string value at most
+  `max_value_string`, any text. The optional fields (namespace, unit, timestamp, id)
+  may also be null: absent.
 - `payload.value` is a finite number (stored as float), a string or a boolean.
 - `timestamp` is an RFC 3339 date-time with `Z` or an offset (fractional seconds
   are truncated to milliseconds), or a number of epoch seconds; the instant must
-  lie in years 1970..9999. Without it the event takes the receive time.
+  lie in years 1970..9999, and within the window `Limits.max_event_age_ms` before
+  and `max_event_future_ms` after the receive time (`--max-event-age`, default 7d;
+  `--max-event-future`, 10m: ``timestamp: older than 7d``), so that devices cannot
+  choose which daily indices exist. Without it the event takes the receive time.
+  SenML times (`bt + t`, relative ones too) are held to the same window.
+- Identity: with an authenticated device's `Identity` (DTLS), a missing namespace or
+  sender is the identity's and any other is `Forbidden` (4.03,
+  ``event[0].sender: this device may only write as dev-17``); SenML events take
+  both from it. The event records the identity's name (`Event.identity`).
 - CBOR: tags (including self-describe 55799) are refused, as are byte strings,
   `undefined`, simple values and trailing bytes after the first item.
 - SenML: each record of the pack is one event. The resolved name (bn + n) is split
@@ -37,8 +47,13 @@ Choices an operator should know:
   `s`) is the value, `vd` is refused, `u` or `bu` the unit, `bt + t` the time:
   epoch seconds from 2**28 on, else seconds relative to the receive time (§4.5.3).
 
-Deterministic ids. An event's id is the client's `id` when given (a global
-idempotency key: make it unique across senders, e.g. a UUID). Otherwise it is
+Deterministic ids. An event's id (the store's key) is derived from the client's `id`
+when given: `scoped_id`, blake2b over (namespace, sender, client id, authenticated),
+so a client id is an idempotency key within its device's (namespace, sender) only,
+and one device can never occupy another's (the device's own `id` is kept as
+`Event.client_id`). A second event under the same key is judged by the sink: the same
+reading is a duplicate (2.01), another a conflict (4.09; Elasticsearch sees a reuse
+only within one daily index, see README "Ids and duplicates"). Otherwise the id is
 blake2b (16 bytes, hex) over the canonical content: namespace, sender, origin,
 type, value with its type, unit and `timestamp_ms`. A re-sent event with an
 explicit timestamp therefore gets the same id in any exchange, on any worker or
@@ -65,17 +80,22 @@ import orjson
 
 from coap.codes import Code
 from collector import senml
+from collector.identity import Identity
 
 __all__ = [
     "DEFAULT_LIMITS",
     "Event",
     "EventError",
+    "Forbidden",
     "InvalidEvent",
     "Limits",
     "UnsupportedFormat",
+    "check_identifier",
     "decode_events",
     "decode_json_events",
     "parse_timestamp",
+    "reading",
+    "scoped_id",
 ]
 
 # Content-Format numbers this module accepts (IANA "CoAP Content-Formats").
@@ -100,6 +120,12 @@ class Limits:
     max_events: int = 256  # events (or SenML records) per request
     max_string: int = 256  # characters of namespace/sender/origin/type/unit/id
     max_value_string: int = 1024  # characters of a string value
+    # The accepted event times, relative to the receive time. Each daily Elasticsearch
+    # index is named by event time, so without a window one request of 40 events could
+    # create 40 indices (any day of 1970..9999); with it a device reaches at most the
+    # days the window spans. Set from --max-event-age / --max-event-future.
+    max_event_age_ms: int = 7 * 86_400_000
+    max_event_future_ms: int = 10 * 60_000
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -117,6 +143,12 @@ class InvalidEvent(EventError):
     code = Code.BAD_REQUEST
 
 
+class Forbidden(EventError):
+    """An authenticated device named a sender or namespace other than its own (4.03)."""
+
+    code = Code.FORBIDDEN
+
+
 class UnsupportedFormat(EventError):
     """The Content-Format is not one this collector reads (4.15)."""
 
@@ -129,7 +161,10 @@ class Event:
 
     `timestamp_ms` is the event time (epoch milliseconds, UTC); `received_ms` the time
     the collector received it; `source` the device's "host:port"; `worker` the index of
-    the worker that received it. `value` is a float, a string or a bool.
+    the worker that received it. `value` is a float, a string or a bool. `id` is the
+    store's key (see the module docstring); `client_id` the device's own `id`, if it
+    sent one; `identity` the PSK identity of an authenticated (DTLS) device, None on
+    plain CoAP.
     """
 
     id: str
@@ -143,6 +178,18 @@ class Event:
     unit: str | None
     source: str
     worker: int
+    client_id: str | None = None
+    identity: str | None = None
+
+    def reading(self) -> tuple[Any, ...]:
+        """What the device chose of this event bar its time (`reading`'s tuple)."""
+        return reading(self.namespace, self.sender, self.origin, self.type, self.value, self.unit)
+
+    def same_time(self, stored_ms: int) -> bool:
+        """Whether a stored event's time agrees with this one's. An event sent without a
+        timestamp took its receive time (`timestamp_ms == received_ms`), which says
+        nothing about the reading: any stored time agrees with it."""
+        return self.timestamp_ms == self.received_ms or self.timestamp_ms == stored_ms
 
     def document(self) -> dict[str, Any]:
         """The JSON-ready document stored for this event (Elasticsearch `_source`)."""
@@ -156,7 +203,7 @@ class Event:
             payload["value"] = value
         if self.unit is not None:
             payload["unit"] = self.unit
-        return {
+        doc = {
             "@timestamp": self.timestamp_ms,
             "received_at": self.received_ms,
             "namespace": self.namespace,
@@ -167,6 +214,32 @@ class Event:
             "worker": self.worker,
             "event_id": self.id,
         }
+        if self.client_id is not None:
+            doc["client_id"] = self.client_id
+        if self.identity is not None:
+            doc["identity"] = self.identity
+        return doc
+
+
+def reading(
+    namespace: str,
+    sender: str,
+    origin: str,
+    type_: str,
+    value: float | str | bool,
+    unit: str | None,
+) -> tuple[Any, ...]:
+    """What a device chose of an event, bar its time, in the form sinks compare: two
+    events under one client id are the same when these tuples are equal and their
+    times agree (`Event.same_time`). The value is tagged with its type, so 1.0, "1"
+    and true differ, and -0.0 is 0.0."""
+    if type(value) is bool:
+        tagged: tuple[str, Any] = ("b", value)
+    elif type(value) is str:
+        tagged = ("s", value)
+    else:
+        tagged = ("n", float(value) + 0.0)
+    return (namespace, sender, origin, type_, tagged, unit)
 
 
 def _fail(index: int, field: str, problem: str) -> NoReturn:
@@ -183,6 +256,67 @@ def _text(value: Any, index: int, field: str, limit: int) -> str:
     if len(value) > limit:
         _fail(index, field, f"longer than {limit} characters")
     return value
+
+
+# --- control characters -----------------------------------------------------------
+
+#: C0 (U+0000-U+001F), DEL and C1 (U+0080-U+009F): never part of a name. A NUL or an
+#: escape sequence in a sender or origin breaks the tools that read the store (C
+#: strings, terminals, log lines), and two names that print alike would be different.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_identifier(text: str, where: str, limit: int = DEFAULT_LIMITS.max_string) -> str:
+    """Validate one identifier taken from outside a body (a `?sender=` query value,
+    say): non-empty, at most `limit` characters, no control character.
+
+    `where` names it in the diagnostic (``?sender: control character``). Returns
+    `text`; raises InvalidEvent (4.00).
+    """
+    if not 0 < len(text) <= limit:
+        raise InvalidEvent(f"{where}: must be 1-{limit} characters")
+    if _CONTROL.search(text) is not None:
+        raise InvalidEvent(f"{where}: control character")
+    return text
+
+
+def _refuse_controls(events: list[Event], indexed: bool) -> None:
+    """4.00 for the first identifier holding a control character (the rare path: JSON
+    bodies reach it only when their bytes could spell one, see decode_json_events)."""
+    search = _CONTROL.search
+    for index, e in enumerate(events):
+        for field, text in (
+            ("namespace", e.namespace),
+            ("sender", e.sender),
+            ("origin", e.origin),
+            ("payload.type", e.type),
+            ("payload.unit", e.unit),
+            ("id", e.client_id),
+        ):
+            if text is not None and search(text) is not None:
+                _fail(index if indexed else -1, field, "control character")
+
+
+# --- the event-time window --------------------------------------------------------
+
+_DURATION_UNITS: Final = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000))
+
+
+def duration_text(ms: int) -> str:
+    """`7d`, `10m`, `90s`: a duration in its largest whole unit (as the flags take it)."""
+    for suffix, size in _DURATION_UNITS:
+        if ms and ms % size == 0:
+            return f"{ms // size}{suffix}"
+    return f"{ms / 1000:g}s"
+
+
+def _outside_window(ts: int, received_ms: int, limits: Limits) -> str | None:
+    """Why `ts` lies outside the accepted window around the receive time, or None."""
+    if ts < received_ms - limits.max_event_age_ms:
+        return f"older than {duration_text(limits.max_event_age_ms)}"
+    if ts > received_ms + limits.max_event_future_ms:
+        return f"more than {duration_text(limits.max_event_future_ms)} in the future"
+    return None
 
 
 # --- timestamps -----------------------------------------------------------------
@@ -315,6 +449,7 @@ def _event(
     mid: int,
     received_ms: int,
     worker: int,
+    identity: Identity | None,
 ) -> Event:
     if type(obj) is not dict:
         if index < 0:
@@ -326,9 +461,12 @@ def _event(
     # Hot path: each check is inlined for the valid case; `_text` words the error.
     sender = get("sender", _MISSING)
     if type(sender) is not str or not 0 < len(sender) <= limit:
-        if sender is _MISSING:
+        if sender is not _MISSING:
+            _text(sender, index, "sender", limit)
+        if identity is None:
             _fail(index, "sender", "required")
-        _text(sender, index, "sender", limit)
+        sender = identity.sender  # an authenticated device need not name itself
+        found -= 1
     origin = get("origin", _MISSING)
     if type(origin) is not str or not 0 < len(origin) <= limit:
         if origin is _MISSING:
@@ -338,13 +476,15 @@ def _event(
     # Optional fields: absent or null mean "use the default".
     namespace = get("namespace", _MISSING)
     if namespace is _MISSING:
-        namespace = "default"
+        namespace = "default" if identity is None else identity.namespace
     else:
         found += 1
         if namespace is None:
-            namespace = "default"
+            namespace = "default" if identity is None else identity.namespace
         elif type(namespace) is not str or not 0 < len(namespace) <= limit:
             _text(namespace, index, "namespace", limit)
+    if identity is not None:
+        _authorise(identity, sender, namespace, index)
 
     payload = get("payload", _MISSING)
     if type(payload) is not dict:
@@ -397,6 +537,12 @@ def _event(
                     index, "timestamp", "not an RFC 3339 date-time or epoch seconds in 1970..9999"
                 )
             _fail(index, "timestamp", "must be an RFC 3339 string or epoch seconds")
+        if (
+            not received_ms - limits.max_event_age_ms
+            <= ts
+            <= received_ms + limits.max_event_future_ms
+        ):
+            _fail(index, "timestamp", _outside_window(ts, received_ms, limits) or "")
         timestamp_ms = ts
 
     event_id = get("id", _MISSING)
@@ -406,7 +552,13 @@ def _event(
             _text(event_id, index, "id", limit)
     if len(obj) != found:
         _unknown(obj, _EVENT_FIELDS, index, "")
-    if event_id is _MISSING or event_id is None:
+    if event_id is not _MISSING and event_id is not None:
+        client_id = event_id
+        event_id = _blake2b(
+            orjson.dumps((namespace, sender, client_id, identity is not None)), digest_size=16
+        ).hexdigest()
+    else:
+        client_id = None
         # _content_id, inlined: this runs for nearly every event the server takes.
         key = orjson.dumps(
             (
@@ -433,7 +585,32 @@ def _event(
         unit,
         source,
         worker,
+        client_id,
+        None if identity is None else identity.name,
     )
+
+
+def _authorise(identity: Identity, sender: str, namespace: str, index: int) -> None:
+    """4.03 unless the event's sender and namespace are the identity's own."""
+    where = f"event[{index}]." if index >= 0 else ""
+    if sender != identity.sender:
+        raise Forbidden(f"{where}sender: this device may only write as {identity.sender}")
+    if namespace != identity.namespace:
+        raise Forbidden(
+            f"{where}namespace: this device may only write in namespace {identity.namespace}"
+        )
+
+
+def scoped_id(namespace: str, sender: str, client_id: str, authenticated: bool = False) -> str:
+    """The store key of an event that carries the client `id` `client_id`.
+
+    Client ids are scoped by (namespace, sender), and by whether the writer was
+    authenticated: one device can never occupy another's ids, nor a plain-CoAP writer
+    an authenticated device's. blake2b (16 bytes, hex), like content ids; the key
+    hashes a 4-item array, a content id an 8-item one, so the two never meet.
+    """
+    key = orjson.dumps((namespace, sender, client_id, authenticated))
+    return _blake2b(key, digest_size=16).hexdigest()
 
 
 def decode_json_events(
@@ -443,17 +620,31 @@ def decode_json_events(
     received_ms: int,
     worker: int,
     limits: Limits = DEFAULT_LIMITS,
+    identity: Identity | None = None,
 ) -> list[Event]:
     """`decode_events` for a JSON body (Content-Format 50 or none), the server's hot
     path: positional arguments, and a single event object without the array walk."""
     body = _load_json(payload)
     if type(body) is dict:
-        return [_event(body, -1, limits, source, mid, received_ms, worker)]
-    return _events(body, limits, source, mid, received_ms, worker)
+        events = [_event(body, -1, limits, source, mid, received_ms, worker, identity)]
+    else:
+        events = _events(body, limits, source, mid, received_ms, worker, identity)
+    # JSON strings cannot hold a raw C0 character (orjson refuses one), so a control
+    # character needs an escape (a backslash), a raw DEL, or a raw C1 (UTF-8 \xc2\x80
+    # to \xc2\x9f). Most bodies hold none of those bytes and skip the check.
+    if b"\\" in payload or b"\x7f" in payload or b"\xc2" in payload:
+        _refuse_controls(events, type(body) is list)
+    return events
 
 
 def _events(
-    body: Any, limits: Limits, source: str, mid: int, received_ms: int, worker: int
+    body: Any,
+    limits: Limits,
+    source: str,
+    mid: int,
+    received_ms: int,
+    worker: int,
+    identity: Identity | None,
 ) -> list[Event]:
     if type(body) is list:
         if not body:
@@ -461,11 +652,11 @@ def _events(
         if len(body) > limits.max_events:
             raise InvalidEvent(f"body: more than {limits.max_events} events")
         return [
-            _event(obj, index, limits, source, mid, received_ms, worker)
+            _event(obj, index, limits, source, mid, received_ms, worker, identity)
             for index, obj in enumerate(body)
         ]
     # A single object: its index for id purposes is 0, but errors name no index.
-    event = _event(body, -1, limits, source, mid, received_ms, worker)
+    event = _event(body, -1, limits, source, mid, received_ms, worker, identity)
     return [event]
 
 
@@ -542,6 +733,7 @@ def _senml_events(
     worker: int,
     sender: str,
     namespace: str,
+    identity: str | None,
 ) -> list[Event]:
     try:
         records = senml.resolve(
@@ -568,8 +760,9 @@ def _senml_events(
             type_ = unit
         if len(origin) > limit or len(type_) > limit:
             raise InvalidEvent(f"record[{index}].n: origin or type longer than {limit} characters")
-        if unit is not None and not unit:
-            raise InvalidEvent(f"record[{index}].u: must not be empty")
+        if unit is not None and (not unit or _CONTROL.search(unit) is not None):
+            problem = "control character" if unit else "must not be empty"
+            raise InvalidEvent(f"record[{index}].u: {problem}")
         received: tuple[str, int, int] | None
         if time >= senml.RELATIVE_TIME_LIMIT:
             ts = round(time * 1000.0)
@@ -580,6 +773,9 @@ def _senml_events(
             received = (source, mid, index)
         if not 0 <= ts < MAX_TIMESTAMP_MS:
             raise InvalidEvent(f"record[{index}].t: resolved time outside years 1970..9999")
+        outside = _outside_window(ts, received_ms, limits)
+        if outside is not None:
+            raise InvalidEvent(f"record[{index}].t: {outside}")
         event_id = _content_id(namespace, sender, origin, type_, value, unit, ts, received)
         events.append(
             Event(
@@ -594,6 +790,8 @@ def _senml_events(
                 unit,
                 source,
                 worker,
+                None,
+                identity,
             )
         )
     return events
@@ -611,23 +809,42 @@ def decode_events(
     received_ms: int,
     worker: int,
     limits: Limits = DEFAULT_LIMITS,
-    default_sender: str = "senml",
-    default_namespace: str = "default",
+    default_sender: str | None = None,
+    default_namespace: str | None = None,
+    identity: Identity | None = None,
 ) -> list[Event]:
     """Decode and validate one request body into its events (at least one).
 
     `content_format` is the request's Content-Format (None when absent); `source`
     ("host:port"), `mid` (the request's message ID) and `received_ms` feed the
-    events and their ids; `default_sender`/`default_namespace` fill SenML events,
-    which carry neither. The body size (`limits.max_body`) is the caller's check.
-    Raises UnsupportedFormat (4.15) or InvalidEvent (4.00).
+    events and their ids. SenML events carry no sender or namespace:
+    `default_sender`/`default_namespace` (the request's `?sender=`/`?namespace=`)
+    name them, else the identity's, else `senml`/`default`. `identity` is the
+    authenticated device (None on plain CoAP): a missing sender or namespace is its
+    own, and any other is refused. The body size (`limits.max_body`) is the caller's
+    check. Raises UnsupportedFormat (4.15), InvalidEvent (4.00) or Forbidden (4.03).
     """
     if content_format is None or content_format == JSON:
-        return decode_json_events(payload, source, mid, received_ms, worker, limits)
+        return decode_json_events(payload, source, mid, received_ms, worker, limits, identity)
     if content_format == CBOR:
         body = _load_cbor(payload, text_keys_only=True)
-        return _events(body, limits, source, mid, received_ms, worker)
+        events = _events(body, limits, source, mid, received_ms, worker, identity)
+        _refuse_controls(events, type(body) is list)  # CBOR text is raw: always look
+        return events
     if content_format in (SENML_JSON, SENML_CBOR):
+        if identity is None:
+            sender = "senml" if default_sender is None else default_sender
+            namespace = "default" if default_namespace is None else default_namespace
+        else:
+            sender, namespace = identity.sender, identity.namespace
+            if default_sender is not None and default_sender != sender:
+                raise Forbidden(f"?sender: this device may only write as {sender}")
+            if default_namespace is not None and default_namespace != namespace:
+                raise Forbidden(f"?namespace: this device may only write in namespace {namespace}")
+        if default_sender is not None:
+            check_identifier(default_sender, "?sender", limits.max_string)
+        if default_namespace is not None:
+            check_identifier(default_namespace, "?namespace", limits.max_string)
         cbor = content_format == SENML_CBOR  # RFC 8428 §6: integer labels in CBOR
         pack = _load_cbor(payload, text_keys_only=False) if cbor else _load_json(payload)
         return _senml_events(
@@ -638,7 +855,8 @@ def decode_events(
             mid,
             received_ms,
             worker,
-            default_sender,
-            default_namespace,
+            sender,
+            namespace,
+            None if identity is None else identity.name,
         )
     raise UnsupportedFormat(f"content-format {content_format} not supported (use 50, 60, 110, 112)")

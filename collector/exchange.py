@@ -97,6 +97,7 @@ class Request:
     """A request whose events are being stored. Completes when every event has a result."""
 
     __slots__ = (
+        "conflict",
         "deadline",
         "failure",
         "key",
@@ -127,6 +128,7 @@ class Request:
         self.options: tuple[tuple[int, bytes], ...] = ()  # echoed in the final response
         self.rejection = ""  # first REJECTED reason, with its event position
         self.failure = ""  # first FAILED reason
+        self.conflict = ""  # first CONFLICT reason (a client id reused: 4.09)
         self.separate = False
 
 

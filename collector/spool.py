@@ -117,6 +117,8 @@ def _fields(e: Event) -> list[object]:
         e.unit,
         e.source,
         e.worker,
+        e.client_id,  # rows spooled before these two existed decode with None
+        e.identity,
     ]
 
 

@@ -39,12 +39,11 @@ from coap import MessageFormatError, decode
 from collector import mmsg, resources
 from collector.batching import BatchDriver, Item
 from collector.blockwise import BlockError, Reassembly
-from collector.config import Config
+from collector.config import Config, event_limits
 from collector.events import (
     DEFAULT_LIMITS,
     EventError,
     InvalidEvent,
-    Limits,
     decode_events,
     decode_json_events,
 )
@@ -157,7 +156,7 @@ class Worker:
         self.status = status
         self.stats = WorkerStats()
         self.sink = make_sink(config, index)
-        self.limits = Limits(max_body=config.max_body) if config.max_body else DEFAULT_LIMITS
+        self.limits = event_limits(config)
         # Batched I/O: slots hold the largest UDP datagram, so every request arrives
         # whole (whatever its options) and a body over max_body gets its 4.13 with Size1.
         # The slots are an anonymous mmap: only pages the kernel writes become resident.
@@ -604,6 +603,12 @@ class Worker:
                 request.rejection = (
                     f"event[{position}]: {result.reason}" if position else result.reason
                 )
+        elif outcome is Outcome.CONFLICT:  # counted as rejected until the core has a metric
+            stats.events_rejected += 1
+            if not request.conflict:
+                request.conflict = (
+                    f"event[{position}].{result.reason}" if position else result.reason
+                )
         else:
             stats.events_failed += 1
             if not request.failure:
@@ -611,7 +616,7 @@ class Worker:
 
     def _complete(self, request: Request, now: float) -> None:
         peer, token, options = request.peer, request.token, request.options
-        if request.rejection or request.failure or options or request.separate:
+        if request.rejection or request.failure or options or request.separate or request.conflict:
             self._complete_other(request, now)
             return
         # The common answer: 2.01, piggybacked on the ACK of a CON or as a NON.
@@ -634,6 +639,8 @@ class Worker:
         options = request.options  # Block1, echoed on the last block's answer
         if request.rejection:
             code, diagnostic = int(coap.Code.BAD_REQUEST), request.rejection
+        elif request.conflict:
+            code, diagnostic = int(coap.Code.CONFLICT), request.conflict
         elif request.failure:
             code, diagnostic = int(coap.Code.SERVICE_UNAVAILABLE), request.failure
             options = ((_MAX_AGE, coap.encode_uint(MAX_AGE_STORE_DOWN)), *options)

@@ -6,7 +6,11 @@ by the batch as a whole: one rejected event must not fail its neighbours.
 
 Outcomes:
 - STORED: written and durable as far as the store promises (see each sink).
-- DUPLICATE: an event with this id was already stored; for the device this is success.
+- DUPLICATE: an event with this id was already stored, with the same content; for the
+  device this is success (an idempotent retry).
+- CONFLICT: an event with this client `id` was already stored with other content (the
+  device reused an idempotency key); the request gets 4.09 with `reason` and the
+  stored event stays as it was. Sinks compare `Event.reading()` and `Event.same_time`.
 - REJECTED: the store refused this event for a reason that retrying cannot fix
   (a mapping error); the request gets 4.00 with `reason`.
 - FAILED: the store could not take it now (down, overloaded, timed out); the
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
 class Outcome(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
     REJECTED = "rejected"
     FAILED = "failed"
 
@@ -43,6 +48,7 @@ class Result:
 
 STORED = Result(Outcome.STORED)
 DUPLICATE = Result(Outcome.DUPLICATE)
+CONFLICT = Result(Outcome.CONFLICT, "id: already used for another event")
 
 
 class StoreUnavailable(Exception):

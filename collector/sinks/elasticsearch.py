@@ -8,7 +8,12 @@ Strategy (DESIGN.md "Storage"; the model is Vector's elasticsearch sink):
 - A batch is serialised once, with orjson, into NDJSON `create` actions whose `_id`
   is the event's deterministic id; a retry (ours, the device's, another replica's)
   therefore can never make a second document: the second `create` answers 409, which
-  this sink reports as DUPLICATE (success for the device). Items are acknowledged by
+  this sink reports as DUPLICATE (success for the device). A 409 under a client `id`
+  may also be a reused key with other content: those items are read back with one
+  `mget` per batch and compared (`Event.reading`, `Event.same_time`); other content is
+  CONFLICT (4.09) and the stored document stays. Ids are unique per daily index only,
+  so two events under one client id whose times fall on different UTC days are two
+  documents: no conflict is seen (README "Ids and duplicates"). Items are acknowledged by
   Elasticsearch only after the translog is fsynced (`index.translog.durability:
   request`, the default), so STORED means durable.
 - Each item is judged on its own status by `classify` (a pure function): 201 stored,
@@ -42,8 +47,9 @@ from elasticsearch import ApiError, AsyncElasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 
 from collector.estemplate import index_template
+from collector.events import reading
 from collector.redact import redact_url
-from collector.sinks.base import DUPLICATE, STORED, Outcome, Result, StoreUnavailable
+from collector.sinks.base import CONFLICT, DUPLICATE, STORED, Outcome, Result, StoreUnavailable
 
 if TYPE_CHECKING:
     from collector.events import Event
@@ -78,6 +84,8 @@ _FILTER_PATH: Final = (
     "errors,items.*.status,items.*.error.type,items.*.error.reason,items.*.error.caused_by.type"
 )
 _FIELD_IN_REASON: Final = re.compile(r"field \[([^\]]{1,100})\]")
+# What a 409'd event is compared on (mget `_source_includes`).
+_READING_FIELDS: Final = ("@timestamp", "namespace", "sender", "origin", "payload")
 # Index names Elasticsearch accepts, conservatively (lowercase, no path characters).
 _VALID_PREFIX: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,200}")
 
@@ -352,6 +360,7 @@ class ElasticsearchSink:
         give_up = loop.time() + self._deadline
         backoff = BACKOFF_FIRST
         client = self._bulk_client
+        present: list[int] = []  # 409s under a client id: same content or a conflict?
         while pending:
             retry: list[int] = []
             retry_reason = ""
@@ -403,6 +412,8 @@ class ElasticsearchSink:
                         if judged.verdict is Verdict.RETRY:
                             retry.append(i)
                             retry_reason = judged.reason
+                        elif judged.verdict is Verdict.DUPLICATE and events[i].client_id:
+                            present.append(i)
                         else:
                             results[i] = _result_of(judged)
             pending = retry
@@ -418,7 +429,50 @@ class ElasticsearchSink:
             client = self._client.options(
                 request_timeout=max(1.0, give_up - loop.time()) + REQUEST_GRACE
             )
+        if present:
+            await self._judge_present(events, present, results, give_up - loop.time())
         return [r if r is not None else Result(Outcome.FAILED, "not written") for r in results]
+
+    async def _judge_present(
+        self,
+        events: Sequence[Event],
+        present: list[int],
+        results: list[Result | None],
+        remaining: float,
+    ) -> None:
+        """Judge the 409'd items that carry a client id: one `mget` reads the stored
+        documents back, and each is DUPLICATE when it holds the same reading, else
+        CONFLICT. When they cannot be read the items are FAILED (the device retries)."""
+        prefix = self._prefix
+        docs = [
+            {"_index": index_name(prefix, events[i].timestamp_ms), "_id": events[i].id}
+            for i in present
+        ]
+        try:
+            response = await self._client.options(
+                request_timeout=max(1.0, remaining) + REQUEST_GRACE
+            ).mget(docs=docs, source_includes=list(_READING_FIELDS), realtime=True)
+            found = response.body.get("docs") or []
+        except ApiError as exc:
+            failed = Result(Outcome.FAILED, classify(exc.meta.status, _error_of(exc)).reason)
+            for i in present:
+                results[i] = failed
+            return
+        except TransportError as exc:
+            self._mark_down(describe_connection_error(exc))
+            for i in present:
+                results[i] = self._failed_down()
+            return
+        if len(found) != len(present):
+            found = []
+        for n, i in enumerate(present):
+            doc = found[n] if n < len(found) else {}
+            source = doc.get("_source") if doc.get("found") else None
+            results[i] = (
+                _judge_stored(events[i], source)
+                if isinstance(source, Mapping)
+                else Result(Outcome.FAILED, "elasticsearch: stored event not readable")
+            )
 
     def _action(self, event: Event) -> bytes:
         day = event.timestamp_ms // _MS_PER_DAY
@@ -481,6 +535,34 @@ class ElasticsearchSink:
             await asyncio.sleep(PROBE_INTERVAL)
             if await self._probe():
                 self._mark_up()
+
+
+def _judge_stored(event: Event, source: Mapping[str, Any]) -> Result:
+    """DUPLICATE when the stored `_source` holds `event`'s reading, else CONFLICT."""
+    payload = source.get("payload")
+    if not isinstance(payload, Mapping):
+        return CONFLICT
+    value: Any
+    if "value_bool" in payload:
+        value = payload["value_bool"]
+    elif "value_string" in payload:
+        value = payload["value_string"]
+    else:
+        value = payload.get("value")
+    if type(value) not in (bool, str, int, float):
+        return CONFLICT
+    stored = reading(
+        source.get("namespace", ""),
+        source.get("sender", ""),
+        source.get("origin", ""),
+        payload.get("type", ""),
+        value,
+        payload.get("unit"),
+    )
+    ts = source.get("@timestamp")
+    if stored == event.reading() and type(ts) is int and event.same_time(ts):
+        return DUPLICATE
+    return CONFLICT
 
 
 def _result_of(judged: Judgement) -> Result:

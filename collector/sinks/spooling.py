@@ -22,8 +22,9 @@ The forwarder (one task, started by `start`, stopped by `close`) drains the spoo
 oldest first with the primary's own `write`, hence the same deterministic ids and
 `create`: a batch forwarded twice (a kill -9 between the store's answer and the
 spool's delete) is stored once. Rows are settled only after the items are judged:
-stored and duplicate events are deleted, rejected ones move to the dead-letter table
-with their reason, the rest stay. On `close` the forwarder keeps draining while the
+stored and duplicate events are deleted, rejected ones (and conflicts: a client id
+reused with other content) move to the dead-letter table with their reason, the rest
+stay. On `close` the forwarder keeps draining while the
 primary takes batches, for up to `drain_timeout` seconds; whatever is left stays on
 disk for the next start.
 """
@@ -234,7 +235,8 @@ class SpoolingSink:
         for event, result in zip(events, results, strict=True):
             if result.outcome is Outcome.FAILED:
                 keep.append(event)
-            elif result.outcome is Outcome.REJECTED:
+            elif result.outcome is Outcome.REJECTED or result.outcome is Outcome.CONFLICT:
+                # A conflict found only now (the ack came from the spool): kept, not lost.
                 dead.append((event, result.reason or "rejected"))
         if len(keep) == len(events):
             return 0  # nothing changes: leave the rows as they are

@@ -11,7 +11,9 @@ Each `write` is one transaction (`BEGIN IMMEDIATE` … `COMMIT`) on a thread of 
 own (one per sink), so the event loop never blocks on disk. Every event is inserted
 with `ON CONFLICT(id) DO NOTHING` and judged by its own row count: a row written is
 STORED, an id already present (from an earlier batch, another worker or earlier in
-the same batch) is DUPLICATE and never a second row. Results are returned only after
+the same batch) is DUPLICATE and never a second row. An id present under a client
+`id` is first compared with the stored row (`Event.reading`, `Event.same_time`): other
+content is CONFLICT (4.09), and the stored row stays. Results are returned only after
 `COMMIT` has returned. Any SQLite error (disk full, I/O error, lock held beyond the
 busy timeout) rolls the batch back and reports FAILED for all its events, with a
 short reason; `write` never raises.
@@ -37,7 +39,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
-from collector.sinks.base import DUPLICATE, STORED, Outcome, Result, StoreUnavailable
+from collector.events import reading
+from collector.sinks.base import CONFLICT, DUPLICATE, STORED, Outcome, Result, StoreUnavailable
 from collector.sinks.turns import Turns, TurnTimeout
 
 if TYPE_CHECKING:
@@ -66,7 +69,9 @@ CREATE TABLE IF NOT EXISTS events (
     value_bool INTEGER,
     unit TEXT,
     source TEXT NOT NULL,
-    worker INTEGER NOT NULL
+    worker INTEGER NOT NULL,
+    client_id TEXT,
+    identity TEXT
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms);
 CREATE INDEX IF NOT EXISTS events_sender ON events (sender, ts_ms);
@@ -74,10 +79,23 @@ CREATE INDEX IF NOT EXISTS events_origin ON events (origin, ts_ms);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, ts_ms);
 """
 
+#: Columns later versions added, with their declarations: a file made by an older
+#: collector gets them (NULL in its old rows) when it is opened, before the indices
+#: that use them. Its rows keep their ids (an older version stored a client `id` as
+#: is, now it is scoped by namespace and sender: `collector.events.scoped_id`).
+ADDED_COLUMNS: Final = (("client_id", "TEXT"), ("identity", "TEXT"))
+LATE_INDICES: Final = (
+    "CREATE INDEX IF NOT EXISTS events_client_id ON events (client_id) WHERE client_id IS NOT NULL",
+)
+
 _INSERT: Final = (
     "INSERT INTO events (id, ts_ms, received_ms, namespace, sender, origin, type, value,"
-    " value_text, value_bool, unit, source, worker)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    " value_text, value_bool, unit, source, worker, client_id, identity)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+_STORED_READING: Final = (
+    "SELECT namespace, sender, origin, type, value, value_text, value_bool, unit, ts_ms"
+    " FROM events WHERE id = ?"
 )
 
 
@@ -112,7 +130,22 @@ def _row(event: Event) -> tuple[Any, ...]:
         event.unit,
         event.source,
         event.worker,
+        event.client_id,
+        event.identity,
     )
+
+
+def _judge_present(cursor: sqlite3.Cursor, event: Event) -> Result:
+    """An id already stored: DUPLICATE when it holds this event, else CONFLICT."""
+    if event.client_id is None:
+        return DUPLICATE  # a content id: the same id is the same content
+    row = cursor.execute(_STORED_READING, (event.id,)).fetchone()
+    if row is None:  # cannot happen inside the transaction; retrying is harmless
+        return Result(Outcome.FAILED, "sqlite: stored row vanished")
+    namespace, sender, origin, type_, number, text, flag, unit, ts_ms = row
+    value = bool(flag) if flag is not None else text if text is not None else number
+    same = reading(namespace, sender, origin, type_, value, unit) == event.reading()
+    return DUPLICATE if same and event.same_time(ts_ms) else CONFLICT
 
 
 class SqliteSink:
@@ -178,6 +211,12 @@ class SqliteSink:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+                for column, declaration in ADDED_COLUMNS:
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE events ADD COLUMN {column} {declaration}")
+                for statement in LATE_INDICES:
+                    conn.execute(statement)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -203,7 +242,9 @@ class SqliteSink:
                     results = []
                     for event in events:
                         cursor.execute(_INSERT, _row(event))
-                        results.append(STORED if cursor.rowcount == 1 else DUPLICATE)
+                        results.append(
+                            STORED if cursor.rowcount == 1 else _judge_present(cursor, event)
+                        )
                     cursor.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:

@@ -9,6 +9,7 @@ import json
 import re
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -202,6 +203,8 @@ def test_separate_responses_from_a_slow_store(tmp_path: Path) -> None:
 
 # -- city, against a stand-in for the OpenWeatherMap API ---------------------------
 
+# The reading's time (`dt`): ten minutes ago, inside the collector's accepted window.
+OWM_DT = int(time.time()) - 600
 # The documented shape of "current weather data" (units=metric).
 OWM_MADRID: dict[str, Any] = {
     "coord": {"lon": -3.7026, "lat": 40.4165},
@@ -218,7 +221,7 @@ OWM_MADRID: dict[str, Any] = {
     "visibility": 10000,
     "wind": {"speed": 3.6, "deg": 250},
     "clouds": {"all": 0},
-    "dt": 1764079704,
+    "dt": OWM_DT,
     "sys": {"type": 2, "id": 2007545, "country": "ES", "sunrise": 1764055000, "sunset": 1764090000},
     "timezone": 3600,
     "id": 3117735,
@@ -283,7 +286,7 @@ def test_city_sends_the_weather(
         "pressure": (1018, "hPa"),
         "wind": (3.6, "m/s"),
     }
-    assert {r["ts_ms"] for r in rows} == {1764079704000}
+    assert {r["ts_ms"] for r in rows} == {OWM_DT * 1000}
 
 
 @pytest.mark.parametrize(

@@ -203,7 +203,7 @@ def test_the_collector_decodes_what_the_client_encodes(fmt: str) -> None:
     ]
     body, content_format = encode_body(events, fmt)
     decoded = decode_events(
-        body, content_format, source="127.0.0.1:1", mid=1, received_ms=0, worker=0
+        body, content_format, source="127.0.0.1:1", mid=1, received_ms=1_000_000_000_000, worker=0
     )
     assert [(e.origin, e.type, e.value, e.unit, e.timestamp_ms) for e in decoded] == [
         ("probe1", "temperature", 15.5, "Cel", 1_000_000_000_000),

@@ -112,7 +112,7 @@ def test_every_document_field_is_mapped():
     """Event.document() and the template must agree, or fields go unindexed."""
     properties = MAPPINGS["properties"]
     for value in (1.5, "on", True):
-        event = Event("i", 0, 0, "n", "s", "o", "t", value, "u", "127.0.0.1:1", 0)
+        event = Event("i", 0, 0, "n", "s", "o", "t", value, "u", "127.0.0.1:1", 0, "k", "psk-1")
         document = event.document()
         for key, sub in document.items():
             assert key in properties, key

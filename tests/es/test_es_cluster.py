@@ -25,9 +25,10 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from coap import Code
-from tests.es.test_es_collector import Load, wait_for
+from collector.events import scoped_id
+from tests.es.test_es_collector import Load, client_ids_present, wait_for
 
-from .helpers import ES_SH, Collector, es_ids_present, free_port, start_collector
+from .helpers import ES_SH, Collector, free_port, start_collector
 
 # Node restarts take a minute each on a loaded 2-core box: a longer limit than the
 # suite's 300 s.
@@ -138,11 +139,12 @@ def longest_5_03_stretch(load: Load) -> float:
 
 def check_once(client: Elasticsearch, prefix: str, acked: list[str]) -> None:
     assert len(acked) == len(set(acked))
-    present = es_ids_present(client, f"{prefix}-*", acked)
+    present = client_ids_present(client, f"{prefix}-*", acked)
     assert present == set(acked), f"{len(set(acked) - present)} acknowledged ids missing"
+    keys = [scoped_id("default", "e2e", i) for i in acked]  # the stored ids of body()'s
     hits = 0
-    for start in range(0, len(acked), 1000):
-        chunk = acked[start : start + 1000]
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
         hits += client.count(index=f"{prefix}-*", query={"ids": {"values": chunk}})["count"]
     assert hits == len(acked), "an acknowledged id is stored twice"
 

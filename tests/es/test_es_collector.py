@@ -24,6 +24,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from coap import Code, ContentFormat, OptionNumber, Type
+from collector.events import scoped_id
 from tests.server.conftest import COLLECTOR_BIN
 
 from .helpers import (
@@ -37,7 +38,12 @@ from .helpers import (
 
 pytestmark = [pytest.mark.es, pytest.mark.integration]
 
-DAY_2001_01_01_ISO = "2001-01-01T12:00:00.000Z"
+# Event times inside the accepted window (--max-event-age, default 7d): an hour ago,
+# and noon of two days ago (a day of its own index, the mapping test's).
+HOUR_AGO = datetime.fromtimestamp(int(time.time()) - 3600, tz=UTC)
+HOUR_AGO_ISO = HOUR_AGO.strftime("%Y-%m-%dT%H:%M:%S.771Z")
+OLD_DAY = datetime.fromtimestamp(time.time() - 2 * 86400, tz=UTC)
+OLD_DAY_ISO = OLD_DAY.strftime("%Y-%m-%dT12:00:00.000Z")
 
 
 def body(**overrides: Any) -> dict[str, Any]:
@@ -49,6 +55,15 @@ def body(**overrides: Any) -> dict[str, Any]:
     }
     event.update(overrides)
     return event
+
+
+def client_ids_present(
+    client: Elasticsearch, index: str, client_ids: list[str], sender: str = "e2e"
+) -> set[str]:
+    """Which of `body()`'s client ids are stored: by `_id`, the id scoped by namespace
+    and sender (an older index may map the other fields dynamically)."""
+    by_id = {scoped_id("default", sender, c): c for c in client_ids}
+    return {by_id[i] for i in es_ids_present(client, index, list(by_id))}
 
 
 def search(es: Elasticsearch, prefix: str, **term: Any) -> list[dict[str, Any]]:
@@ -76,7 +91,7 @@ def test_json_cbor_senml_are_stored_with_their_values(
 ):
     server = collector()
     tag = uuid.uuid4().hex[:8]
-    as_json = body(origin=f"json-{tag}", timestamp="2026-11-25T14:08:24.771Z")
+    as_json = body(origin=f"json-{tag}", timestamp=HOUR_AGO_ISO)
     as_cbor = body(origin=f"cbor-{tag}", payload={"type": "door", "value": True})
     now = time.time()
     senml_pack = [{"bn": f"senml-{tag}/", "bt": now, "n": "humidity", "v": 41.5, "u": "%RH"}]
@@ -89,10 +104,9 @@ def test_json_cbor_senml_are_stored_with_their_values(
     assert [r.code if r else None for r in replies] == [Code.CREATED] * 3
 
     (doc,) = search(es, es_prefix, origin=f"json-{tag}")
-    assert doc["_id"] == as_json["id"]
-    assert doc["@timestamp"] == int(
-        datetime(2026, 11, 25, 14, 8, 24, 771000, tzinfo=UTC).timestamp() * 1000
-    )
+    assert doc["_id"] == scoped_id("default", "e2e", as_json["id"])
+    assert doc["client_id"] == as_json["id"] and "identity" not in doc
+    assert doc["@timestamp"] == int(HOUR_AGO.timestamp()) * 1000 + 771
     assert doc["payload"] == {"type": "temperature", "value": 15.5, "unit": "Cel"}
     assert doc["sender"] == "e2e" and doc["namespace"] == "default"
     assert doc["source"].startswith("127.0.0.1:")
@@ -110,7 +124,7 @@ def test_json_cbor_senml_are_stored_with_their_values(
     assert [h["_source"]["origin"] for h in hits["hits"]["hits"]] == [f"senml-{tag}"]
 
 
-def test_retransmissions_and_resent_ids_make_one_document(
+def test_retransmissions_and_resent_ids_make_one_document_and_a_reused_id_409(
     collector: Any, es: Elasticsearch, es_prefix: str
 ):
     server = collector(ack_delay=1.0)
@@ -124,14 +138,18 @@ def test_retransmissions_and_resent_ids_make_one_document(
         for _ in range(4):
             client.send(msg)
             acks.append(client.recv_for_mid(msg.mid, timeout=5.0))
-    # Same idempotency key in a brand-new exchange (new MID, token, source port).
+    # Same idempotency key in brand-new exchanges (new MID, token, source port): the
+    # same event is a duplicate (2.01), other content under it a conflict (4.09).
     with CoapClient(server.port) as other:
-        again = other.post_json(event | {"payload": {"type": "temperature", "value": 99.0}})
+        again = other.post_json(event)
+        reused = other.post_json(event | {"payload": {"type": "temperature", "value": 99.0}})
     assert first is not None and first.code == Code.CREATED
     expected = first.code if first.type == Type.ACK else Code.EMPTY
     assert [(a.type, a.code) if a else None for a in acks] == [(Type.ACK, expected)] * 4
     assert again is not None and again.code == Code.CREATED
-    docs = search(es, es_prefix, event_id=event["id"])
+    assert reused is not None and reused.code == Code.CONFLICT
+    assert reused.payload == b"id: already used for another event"
+    docs = search(es, es_prefix, client_id=event["id"])
     assert len(docs) == 1
     assert docs[0]["payload"]["value"] == 15.5
 
@@ -139,16 +157,17 @@ def test_retransmissions_and_resent_ids_make_one_document(
 def test_mapping_rejected_event_gets_4_00_and_neighbours_are_stored(
     collector: Any, es: Elasticsearch, es_prefix: str
 ):
-    # An index for 2001-01-01 whose mapping disagrees with the template (made by hand or
+    # An index for OLD_DAY whose mapping disagrees with the template (made by hand or
     # by an older version): `sender` is a number there.
     es.indices.create(
-        index=f"{es_prefix}-2001.01.01", mappings={"properties": {"sender": {"type": "long"}}}
+        index=f"{es_prefix}-{OLD_DAY:%Y.%m.%d}",
+        mappings={"properties": {"sender": {"type": "long"}}},
     )
     # A long batch window: while one bulk call is in flight the others wait for it and
     # share the next; whichever way they are batched, each is judged by its own items.
     server = collector(batch_ms=300, ack_delay=1.0)
-    bad = body(timestamp=DAY_2001_01_01_ISO, sender="not-a-number")
-    goods = [body(), body(timestamp=DAY_2001_01_01_ISO, sender="12345")]
+    bad = body(timestamp=OLD_DAY_ISO, sender="not-a-number")
+    goods = [body(), body(timestamp=OLD_DAY_ISO, sender="12345")]
     replies: dict[str, Any] = {}
 
     def post(event: dict[str, Any]) -> None:
@@ -164,8 +183,8 @@ def test_mapping_rejected_event_gets_4_00_and_neighbours_are_stored(
     assert b"sender" in replies[bad["id"]].payload
     assert [replies[g["id"]].code for g in goods] == [Code.CREATED] * 2
     # By `_id`: that old index maps event_id dynamically (as text), not as a keyword.
-    ids = [bad["id"], goods[0]["id"], goods[1]["id"]]
-    assert es_ids_present(es, f"{es_prefix}-*", ids) == {goods[0]["id"], goods[1]["id"]}
+    ids = [scoped_id("default", e["sender"], e["id"]) for e in (bad, *goods)]
+    assert es_ids_present(es, f"{es_prefix}-*", ids) == set(ids[1:])
 
 
 # --- load: many devices, each a socket with one request in flight -------------------
@@ -282,7 +301,7 @@ def test_store_down_mid_load_answers_5_03_and_recovers_without_restart(
     assert server.proc.poll() is None  # no restart happened
     acked = [*load.acked(), after["id"]]
     with private_es.client() as client:
-        present = es_ids_present(client, f"{prefix}-*", acked)
+        present = client_ids_present(client, f"{prefix}-*", acked)
     assert set(acked) == present, f"{len(set(acked) - present)} acked ids missing"
 
 
@@ -299,7 +318,7 @@ def test_sigterm_under_load_keeps_every_acked_event(
         load.finish()
     acked = load.acked()
     assert len(acked) >= 300
-    assert set(acked) == es_ids_present(es, f"{es_prefix}-*", acked)
+    assert set(acked) == client_ids_present(es, f"{es_prefix}-*", acked)
 
 
 def run_serve(*flags: str) -> subprocess.CompletedProcess[str]:

@@ -22,10 +22,18 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from coap import Code, Message, OptionNumber, Type
-from tests.es.test_es_collector import DAY_2001_01_01_ISO, Load, body, wait_for
+from collector.events import scoped_id
+from tests.es.test_es_collector import (
+    OLD_DAY,
+    OLD_DAY_ISO,
+    Load,
+    body,
+    client_ids_present,
+    wait_for,
+)
 from tests.server.conftest import free_tcp_port
 
-from .helpers import CoapClient, Collector, es_ids_present, start_collector
+from .helpers import CoapClient, Collector, start_collector
 from .proxy import TcpProxy
 
 pytestmark = [pytest.mark.es, pytest.mark.integration]
@@ -84,12 +92,12 @@ def health_status(port: int) -> tuple[int, bytes]:
 
 def stored_once(es: Elasticsearch, prefix: str, ids: list[str]) -> tuple[set[str], int]:
     """The acked ids present, and how many documents carry them (all indices)."""
-    present = es_ids_present(es, f"{prefix}-*", ids)
+    present = client_ids_present(es, f"{prefix}-*", ids)
+    keys = [scoped_id("default", "e2e", i) for i in ids]  # body()'s stored ids
     hits = 0
-    for start in range(0, len(ids), 1000):
-        hits += es.count(index=f"{prefix}-*", query={"ids": {"values": ids[start : start + 1000]}})[
-            "count"
-        ]
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        hits += es.count(index=f"{prefix}-*", query={"ids": {"values": chunk}})["count"]
     return present, hits
 
 
@@ -190,11 +198,12 @@ def test_events_elasticsearch_rejects_item_by_item_land_in_the_dead_letter_table
 ):
     # A day index whose mapping disagrees with the template: `sender` is a number.
     es.indices.create(
-        index=f"{es_prefix}-2001.01.01", mappings={"properties": {"sender": {"type": "long"}}}
+        index=f"{es_prefix}-{OLD_DAY:%Y.%m.%d}",
+        mappings={"properties": {"sender": {"type": "long"}}},
     )
     server = spooled()
     proxy.down()
-    bad = body(timestamp=DAY_2001_01_01_ISO, sender="not-a-number")
+    bad = body(timestamp=OLD_DAY_ISO, sender="not-a-number")
     good = body()
     with CoapClient(server.port) as client:
         assert [client.post_json(e, timeout=10).code for e in (bad, good)] == [Code.CREATED] * 2
@@ -203,8 +212,9 @@ def test_events_elasticsearch_rejects_item_by_item_land_in_the_dead_letter_table
     (path,) = (tmp_path / "spool").glob("spool-*.db")
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         ((event_id, reason),) = conn.execute("SELECT event_id, reason FROM dead_letters").fetchall()
-    assert event_id == bad["id"] and "sender" in reason
-    assert es_ids_present(es, f"{es_prefix}-*", [bad["id"], good["id"]]) == {good["id"]}
+    assert event_id == scoped_id("default", "not-a-number", bad["id"]) and "sender" in reason
+    assert client_ids_present(es, f"{es_prefix}-*", [good["id"]]) == {good["id"]}
+    assert client_ids_present(es, f"{es_prefix}-*", [bad["id"]], bad["sender"]) == set()
 
 
 def test_sigterm_with_elasticsearch_down_keeps_the_spool_and_the_next_start_drains_it(
@@ -221,7 +231,7 @@ def test_sigterm_with_elasticsearch_down_keeps_the_spool_and_the_next_start_drai
     spooled()  # a new process on the same spool directory
     assert wait_for(lambda: spool_counts(tmp_path / "spool")[0] == 0, 60, step=0.5)
     ids = [e["id"] for e in events]
-    assert es_ids_present(es, f"{es_prefix}-*", ids) == set(ids)
+    assert client_ids_present(es, f"{es_prefix}-*", ids) == set(ids)
 
 
 def test_a_store_slower_than_ack_delay_is_spooled_not_waited_for(
@@ -237,7 +247,7 @@ def test_a_store_slower_than_ack_delay_is_spooled_not_waited_for(
     assert reply is not None and reply.code == Code.CREATED
     assert spool_counts(tmp_path / "spool")[0] == 1
     proxy.delay = 0.0
-    assert wait_for(lambda: es_ids_present(es, f"{es_prefix}-*", [event["id"]]), 60, step=0.5)
+    assert wait_for(lambda: client_ids_present(es, f"{es_prefix}-*", [event["id"]]), 60, step=0.5)
 
 
 def _scrape(port: int) -> str:

@@ -7,6 +7,8 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collector.events import scoped_id
+
 from .helpers import decode
 
 TIMED = {
@@ -24,8 +26,22 @@ def one_id(event: object, content_format: int | None = None, **kw: object) -> st
     return decoded.id
 
 
-def test_client_id_is_used_verbatim() -> None:
-    assert one_id({**TIMED, "id": "my-key"}) == "my-key"
+def test_client_id_is_scoped_by_namespace_and_sender() -> None:
+    # issue 15: a device that sends another's client id first must not occupy it.
+    own = one_id({**TIMED, "id": "my-key"})
+    assert own == scoped_id("default", "demo", "my-key")
+    assert one_id({**TIMED, "id": "my-key", "sender": "squatter"}) != own
+    assert one_id({**TIMED, "id": "my-key", "namespace": "other"}) != own
+    # The id does not depend on the content: a reuse with other content meets the
+    # first event in the store (and gets 4.09 there).
+    assert one_id({**TIMED, "id": "my-key", "payload": {"type": "t", "value": 999}}) == own
+    [event] = decode(orjson.dumps({**TIMED, "id": "my-key"}))
+    assert event.client_id == "my-key" and event.document()["client_id"] == "my-key"
+
+
+def test_content_id_events_have_no_client_id() -> None:
+    [event] = decode(orjson.dumps(TIMED))
+    assert event.client_id is None and "client_id" not in event.document()
 
 
 def test_timed_event_same_id_across_sources_mids_workers_and_receive_times() -> None:
@@ -82,7 +98,8 @@ def test_missing_unit_differs_from_a_unit() -> None:
     assert one_id(no_unit) != one_id(TIMED)
 
 
-names = st.text(min_size=1, max_size=8)
+# Identifiers without control characters (those are refused: test_events_controls.py).
+names = st.text(st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1, max_size=8)
 
 
 @given(

@@ -19,6 +19,7 @@ from collector.events import (
     UnsupportedFormat,
     _rfc3339_ms,
     parse_timestamp,
+    scoped_id,
 )
 
 from .helpers import RECEIVED_MS, SOURCE, decode
@@ -37,7 +38,7 @@ def test_thesis_event_with_every_field() -> None:
         b' "payload": {"type": "temperature", "value": 16.5, "unit": "Cel"},'
         b' "timestamp": "2018-06-01T14:08:24.772Z", "id": "k-1"}'
     )
-    assert event.id == "k-1"
+    assert event.client_id == "k-1" and event.id == scoped_id("default", "demoMemoria", "k-1")
     assert event.timestamp_ms == 1527862104772
     assert event.received_ms == RECEIVED_MS
     assert (event.namespace, event.sender, event.origin) == ("default", "demoMemoria", "probe1")

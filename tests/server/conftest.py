@@ -257,7 +257,10 @@ def ids_stored(db: Path, ids: list[str]) -> set[str]:
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             found.update(
-                r[0] for r in conn.execute(f"SELECT id FROM events WHERE id IN ({marks})", chunk)
+                r[0]
+                for r in conn.execute(
+                    f"SELECT client_id FROM events WHERE client_id IN ({marks})", chunk
+                )
             )
         return found
     finally:

@@ -52,7 +52,7 @@ def still_serves(server: Collector, client: CoapClient | None = None) -> None:
     else:
         reply = client.post_events(ev)
     assert reply.code == Code.CREATED, reply
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
 
 
 # --- duplicates -------------------------------------------------------------------
@@ -90,7 +90,7 @@ def test_con_sent_five_times_is_answered_identically_and_stored_once(
             assert client.post_events(with_ids).code == Code.CREATED
         assert row_count(server.db, "origin = ?", (origin,)) == 4
         for ev in with_ids:
-            assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+            assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
 
 
 def test_duplicate_error_response_is_the_same_bytes(collector: Callable[..., Collector]) -> None:
@@ -115,7 +115,7 @@ def test_same_mid_from_another_port_is_another_exchange(
             msg = client.build(Code.POST, "events", json.dumps(ev).encode(), fmt=50, mid=4242)
             assert client.transact(msg).code == Code.CREATED
     for ev in evs:
-        assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+        assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
 
 
 def test_duplicate_while_storing_is_absorbed_then_acked(
@@ -146,7 +146,7 @@ def test_duplicate_while_storing_is_absorbed_then_acked(
     assert (response.type, response.code, response.token) == (Type.CON, Code.CREATED, msg.token)
     client.ack(response)
     no_reply(client, 0.3)  # exactly one separate response
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
     client.close()
 
 
@@ -278,7 +278,7 @@ def test_slow_store_gets_empty_ack_then_separate_con_response(
         no_reply(acker, 0.05)
         no_reply(resetter, 0.05)
     for ev in (acked_ev, unacked_ev, reset_ev):
-        assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+        assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
 
 
 def test_reused_mid_never_gets_an_answer_larger_than_itself(

@@ -233,7 +233,7 @@ def test_worker_survived_the_fuzzing(server: Collector) -> None:
     ev = event()
     with server.client() as client:
         assert client.post_events(ev).code == Code.CREATED
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
     assert server.workers() == workers
     log = server.stderr()
     assert "worker died" not in log

@@ -369,7 +369,7 @@ def test_dual_stack_answers_ipv6_and_ipv4(collector: Callable[..., Collector]) -
             assert client.request(Code.GET, "health").code == Code.CONTENT
             sources[host] = (ev["id"], client.port)
     for host, (ev_id, port) in sources.items():
-        (row,) = rows(server.db, "id = ?", (ev_id,))
+        (row,) = rows(server.db, "client_id = ?", (ev_id,))
         # IPv4 arrives IPv4-mapped on a dual-stack socket: [::ffff:127.0.0.1]:port
         assert row["source"].startswith("[") and row["source"].endswith(f"]:{port}")
         assert host in row["source"]
@@ -426,7 +426,7 @@ def test_store_failure_gets_503_with_max_age_and_health_says_so(
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 0
     # The failed write marks the store down for a while: /health and /storez say so.
     deadline = time.monotonic() + 5
     with server.client() as client:
@@ -446,7 +446,7 @@ def test_store_failure_gets_503_with_max_age_and_health_says_so(
     assert ready == 503
     with server.client() as client:
         assert client.post_events(ev).code == Code.CREATED  # the device's retry works
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
 
 
 def test_sigint_drains_cleanly(collector: Callable[..., Collector]) -> None:

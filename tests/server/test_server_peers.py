@@ -68,7 +68,7 @@ def test_libcoap_cbor_post_from_file(server: Collector, tmp_path: Path) -> None:
     out = libcoap(server, "-v", "6", "-m", "post", "-t", "60", "-f", str(body), path="event")
     assert " c:2.01 " in response_line(out, "ACK")
     for ev in evs:
-        assert len(rows(server.db, "id = ?", (ev["id"],))) == 1
+        assert len(rows(server.db, "client_id = ?", (ev["id"],))) == 1
 
 
 def test_libcoap_non_post(server: Collector) -> None:
@@ -77,7 +77,7 @@ def test_libcoap_non_post(server: Collector) -> None:
         server, "-v", "6", "-N", "-m", "post", "-t", "json", "-e", json.dumps(ev), path="events"
     )
     assert " c:2.01 " in response_line(out, "NON")
-    assert len(rows(server.db, "id = ?", (ev["id"],))) == 1
+    assert len(rows(server.db, "client_id = ?", (ev["id"],))) == 1
 
 
 def test_libcoap_invalid_event_gets_400_with_diagnostic(server: Collector) -> None:
@@ -87,7 +87,7 @@ def test_libcoap_invalid_event_gets_400_with_diagnostic(server: Collector) -> No
     )
     line = response_line(out, "ACK")
     assert " c:4.00 " in line and "sender" in line
-    assert not rows(server.db, "id = ?", (ev["id"],))
+    assert not rows(server.db, "client_id = ?", (ev["id"],))
 
 
 def test_libcoap_get_well_known_core(server: Collector) -> None:
@@ -123,7 +123,7 @@ def test_aiocoap_post(server: Collector, non: bool) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "2.01 Created" in result.stderr
-    assert len(rows(server.db, "id = ?", (ev["id"],))) == 1
+    assert len(rows(server.db, "client_id = ?", (ev["id"],))) == 1
 
 
 def test_aiocoap_post_invalid_is_an_error(server: Collector) -> None:
@@ -159,6 +159,10 @@ def test_peer_posts_a_two_kilobyte_array(server: Collector, tmp_path: Path, peer
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-500:]
     assert (
-        len(rows(server.db, f"id IN ({','.join('?' * len(evs))})", tuple(e["id"] for e in evs)))
+        len(
+            rows(
+                server.db, f"client_id IN ({','.join('?' * len(evs))})", tuple(e["id"] for e in evs)
+            )
+        )
         == 16
     )

@@ -8,8 +8,10 @@ checked against RFC 7252 §11.3: never larger than the request that caused it.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import cbor2
@@ -24,6 +26,9 @@ pytestmark = pytest.mark.integration
 
 MAX_BODY = 1024
 TYPES = [Type.CON, Type.NON]
+# An event time an hour ago: inside the accepted window (--max-event-age, default 7d).
+HOUR_AGO_S = int(time.time()) - 3600
+HOUR_AGO_ISO = datetime.fromtimestamp(HOUR_AGO_S, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.771Z")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +95,7 @@ def test_post_events_is_created_and_stored(
 ) -> None:
     origin = f"probe-{uuid.uuid4().hex[:12]}"
     evs = [
-        event(origin=origin, id=None, timestamp="2026-11-25T14:08:24.771Z"),
+        event(origin=origin, id=None, timestamp=HOUR_AGO_ISO),
         event(origin=origin, namespace="plant7", payload={"type": "door", "value": True}),
         event(origin=origin, sender="s2", payload={"type": "state", "value": "open"}),
     ]
@@ -106,13 +111,13 @@ def test_post_events_is_created_and_stored(
     assert first["sender"] == "tester"
     assert first["value"] == 15.5 and first["unit"] == "Cel"
     assert first["value_text"] is None and first["value_bool"] is None
-    assert first["ts_ms"] == 1_795_615_704_771
+    assert first["ts_ms"] == HOUR_AGO_S * 1000 + 771
     assert first["source"] == f"127.0.0.1:{client.port}"
     assert len(first["id"]) == 32  # no id given: the content hash
     if many:
         assert got["door"]["value_bool"] == 1 and got["door"]["value"] is None
         assert got["door"]["namespace"] == "plant7"
-        assert got["door"]["id"] == evs[1]["id"]
+        assert got["door"]["client_id"] == evs[1]["id"]
         assert got["door"]["unit"] is None
         assert got["state"]["value_text"] == "open" and got["state"]["sender"] == "s2"
 
@@ -127,7 +132,7 @@ def test_post_senml_is_created_and_stored(
 ) -> None:
     device = f"urn:dev:mac:{uuid.uuid4().hex[:16]}"
     pack: list[dict[Any, Any]] = [
-        {"bn": f"{device}:", "bt": 1_764_079_704, "n": "temperature", "u": "Cel", "v": 21.5}
+        {"bn": f"{device}:", "bt": HOUR_AGO_S, "n": "temperature", "u": "Cel", "v": 21.5}
     ]
     if many:
         pack += [{"n": "humidity", "u": "%RH", "v": 40, "t": 1}, {"n": "label", "vs": "ok"}]
@@ -141,11 +146,11 @@ def test_post_senml_is_created_and_stored(
     got = {r["type"]: r for r in rows(server.db, "origin = ?", (device,))}
     assert set(got) == ({"temperature", "humidity", "label"} if many else {"temperature"})
     temp = got["temperature"]
-    assert (temp["value"], temp["unit"], temp["ts_ms"]) == (21.5, "Cel", 1_764_079_704_000)
+    assert (temp["value"], temp["unit"], temp["ts_ms"]) == (21.5, "Cel", HOUR_AGO_S * 1000)
     assert temp["namespace"] == "default"
     assert temp["sender"] == "senml"
     if many:
-        assert got["humidity"]["ts_ms"] == 1_764_079_705_000
+        assert got["humidity"]["ts_ms"] == HOUR_AGO_S * 1000 + 1000
         assert got["label"]["value_text"] == "ok"
 
 
@@ -295,7 +300,7 @@ def test_unrecognised_critical_option_in_con_is_bad_option(
         options=((number, b"\x01"),),
     )
     ask_error(client, msg, Code.BAD_OPTION)
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 0
 
 
 def test_elective_unknown_option_is_ignored(client: CoapClient) -> None:
@@ -311,7 +316,7 @@ def test_unsupported_content_format(
     ev = event()
     msg = client.build(Code.POST, "events", json.dumps(ev).encode(), fmt=fmt, type_=type_)
     ask_error(client, msg, Code.UNSUPPORTED_CONTENT_FORMAT)
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 0
 
 
 @pytest.mark.parametrize("type_", TYPES, ids=lambda t: t.name)
@@ -330,7 +335,7 @@ def test_body_over_max_body_is_too_large_with_size1(
         Code.REQUEST_ENTITY_TOO_LARGE,
     )
     assert reply.uint_option(OptionNumber.SIZE1) == MAX_BODY
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 0
 
 
 def test_body_of_exactly_max_body_is_accepted(server: Collector, client: CoapClient) -> None:
@@ -339,7 +344,7 @@ def test_body_of_exactly_max_body_is_accepted(server: Collector, client: CoapCli
     body = json.dumps(ev).encode()
     assert len(body) == MAX_BODY
     assert ask(client, client.build(Code.POST, "events", body, fmt=50))[1].code == Code.CREATED
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
 
 
 INVALID = [
@@ -384,7 +389,7 @@ def test_array_with_one_bad_event_stores_nothing(
         diagnostic="event[2].payload.value",
     )
     ids = [e["id"] for e in good]
-    assert row_count(server.db, f"id IN ({','.join('?' * len(ids))})", tuple(ids)) == 0
+    assert row_count(server.db, f"client_id IN ({','.join('?' * len(ids))})", tuple(ids)) == 0
 
 
 @pytest.mark.parametrize(
@@ -440,7 +445,7 @@ def test_unrecognised_critical_option_in_non_is_rejected(
             reply.type == Type.NON and reply.code == Code.BAD_OPTION and reply.token == msg.token
         ), reply
         assert len(raw) <= len(request)
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 0
 
 
 def send_blocks(
@@ -483,7 +488,7 @@ def test_block1_transfer_is_assembled_and_stored(
     assert last.code == Code.CREATED, last.payload
     assert len(last_raw) <= len(last_req)
     ids = tuple(e["id"] for e in evs)
-    assert row_count(server.db, f"id IN ({','.join('?' * len(ids))})", ids) == len(ids)
+    assert row_count(server.db, f"client_id IN ({','.join('?' * len(ids))})", ids) == len(ids)
 
 
 def test_block1_out_of_order_is_incomplete(server: Collector, client: CoapClient) -> None:
@@ -492,7 +497,7 @@ def test_block1_out_of_order_is_incomplete(server: Collector, client: CoapClient
     answers = send_blocks(client, body, szx=3, order=[0, 2])
     assert [r.code for _, _, r in answers] == [Code.CONTINUE, Code.REQUEST_ENTITY_INCOMPLETE]
     ids = tuple(e["id"] for e in evs)
-    assert row_count(server.db, f"id IN ({','.join('?' * len(ids))})", ids) == 0
+    assert row_count(server.db, f"client_id IN ({','.join('?' * len(ids))})", ids) == 0
 
 
 def test_block1_body_over_max_body_is_too_large(server: Collector, client: CoapClient) -> None:
@@ -506,7 +511,7 @@ def test_block1_body_over_max_body_is_too_large(server: Collector, client: CoapC
     assert len(raw) <= len(request)
     assert all(r.code == Code.CONTINUE for _, _, r in answers[:-1])
     ids = tuple(e["id"] for e in evs)
-    assert row_count(server.db, f"id IN ({','.join('?' * len(ids))})", ids) == 0
+    assert row_count(server.db, f"client_id IN ({','.join('?' * len(ids))})", ids) == 0
 
 
 def test_block1_with_the_whole_body_in_block_zero_is_accepted(
@@ -516,7 +521,7 @@ def test_block1_with_the_whole_body_in_block_zero_is_accepted(
     whole = coap.Block(0, False, 6).encode()  # block 0, no more: the whole body
     msg = client.build(Code.POST, "events", json.dumps(ev).encode(), fmt=50, options=((27, whole),))
     assert ask(client, msg)[1].code == Code.CREATED
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
 
 
 @pytest.mark.parametrize("type_", TYPES, ids=lambda t: t.name)
@@ -549,7 +554,7 @@ def test_proxy_request_is_proxying_not_supported(
         Code.POST, "events", json.dumps(ev).encode(), fmt=50, options=((number, value),)
     )
     ask_error(client, msg, Code.PROXYING_NOT_SUPPORTED)
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 0
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 0
 
 
 @pytest.mark.parametrize("type_", TYPES, ids=lambda t: t.name)
@@ -563,4 +568,4 @@ def test_long_options_with_a_body_within_max_body_are_accepted(
     msg = client.build(Code.POST, "events", body, fmt=50, type_=type_, options=queries)
     assert len(body) <= MAX_BODY < len(coap.encode(msg)) - MAX_BODY
     assert ask(client, msg)[1].code == Code.CREATED
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1

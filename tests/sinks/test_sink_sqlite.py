@@ -62,7 +62,7 @@ def test_batch_is_stored_with_every_column(tmp_path: Path) -> None:
 
     assert outcomes(asyncio.run(main())) == [Outcome.STORED] * 4
     common = ("default", "demo", "probe1", "temperature")
-    tail = ("127.0.0.1:40000", 3)
+    tail = ("127.0.0.1:40000", 3, None, None)  # no client id, no identity
     ts = (1_700_000_000_000, 1_700_000_000_500)
     assert rows(path) == [
         ("a", *ts, *common, 1.5, None, None, "Cel", *tail),
@@ -103,6 +103,8 @@ def test_schema_and_indexes(tmp_path: Path) -> None:
         "unit",
         "source",
         "worker",
+        "client_id",
+        "identity",
     ]
     leading = {cols[0] for cols in indexed.values()}
     assert {"id", "ts_ms", "sender", "origin", "type"} <= leading
