@@ -9,8 +9,11 @@ while the other workers had requests waiting; with writers taking turns it stays
 around a couple of batches.
 
 Output: acked events/s, 2.01 and 5.03 counts, latency p50/p99/max of the 2.01
-answers, per-worker rows, and the longest streak (events, and batches at the
-mean batch size read from the collector's metrics).
+answers, per-worker rows, the longest streak, and "overtaken by": the most events
+of other workers committed ahead of an event they received after it, i.e. how many
+of another worker's batches an event waited behind (events, and batches at the
+mean batch size read from the collector's metrics). A streak can also mean that the
+other worker had nothing to write; "overtaken by" counts only real waiting.
 
 Example:
   .venv/bin/python bench/sqlite_fairness.py --workers 2 --devices 32 --duration 20
@@ -134,21 +137,49 @@ async def drive(port: int, devices: int, events: int, duration: float) -> dict[s
     return out
 
 
-def streaks(db: Path) -> tuple[dict[int, int], int]:
+def streaks(db: Path) -> tuple[dict[int, int], int, int]:
+    """Rows per worker, the longest run of one worker's rows (rowid order), and the
+    most events of other workers committed ahead of an event they received later
+    ("overtaken by": how long an event waited behind other workers' writes)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        workers = [w for (w,) in conn.execute("SELECT worker FROM events ORDER BY rowid")]
+        rows = conn.execute("SELECT worker, received_ms FROM events ORDER BY rowid").fetchall()
     finally:
         conn.close()
     per: dict[int, int] = {}
     longest = run = 0
     previous = None
-    for w in workers:
+    for w, _received in rows:
         per[w] = per.get(w, 0) + 1
         run = run + 1 if w == previous else 1
         previous = w
         longest = max(longest, run)
-    return per, longest
+    # Fenwick trees over received_ms ranks, one per worker: for each row, count the
+    # rows of other workers committed before it that were received after it.
+    ranks = {t: i + 1 for i, t in enumerate(sorted({r for _w, r in rows}))}
+    size = len(ranks)
+    trees = {w: [0] * (size + 1) for w in per}
+    seen = dict.fromkeys(per, 0)
+    overtaken = 0
+
+    def prefix(tree: list[int], i: int) -> int:
+        total = 0
+        while i > 0:
+            total += tree[i]
+            i -= i & -i
+        return total
+
+    for w, received in rows:
+        rank = ranks[received]
+        ahead = sum(seen[o] - prefix(trees[o], rank) for o in per if o != w)
+        overtaken = max(overtaken, ahead)
+        tree = trees[w]
+        i = rank
+        while i <= size:
+            tree[i] += 1
+            i += i & -i
+        seen[w] += 1
+    return per, longest, overtaken
 
 
 def mean_batch(metrics_port: int) -> float:
@@ -216,7 +247,7 @@ def main() -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-    per, longest = streaks(db)
+    per, longest, overtaken = streaks(db)
     created = out.get("2.01", [])
     print(
         f"workers={args.workers} devices={args.devices} events/request={args.events} "
@@ -230,9 +261,12 @@ def main() -> int:
             f"max {max(created):.3f}"
         )
     print(f"rows per worker: {dict(sorted(per.items()))}")
+    in_batches = (lambda n: f" = {n / batch:.1f} batches") if batch else (lambda n: "")
+    print(f"mean batch: {batch:.0f} events")
+    print(f"longest one-worker streak: {longest} events{in_batches(longest)}")
     print(
-        f"longest one-worker streak: {longest} events"
-        + (f" = {longest / batch:.1f} batches (mean batch {batch:.0f} events)" if batch else "")
+        f"most other-worker events committed ahead of an earlier-received event: "
+        f"{overtaken}{in_batches(overtaken)}"
     )
     return 0
 
