@@ -334,6 +334,7 @@ def sink_config(url: str, prefix: str, compress: bool = False) -> SimpleNamespac
         store_wait=10.0,
         es_retry_deadline=30.0,
         es_compress=compress,
+        es_ilm_policy=None,
     )
 
 

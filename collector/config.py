@@ -48,6 +48,7 @@ class Config:
     es_ca_certs: str | None = None
     es_retry_deadline: float = 4.0
     es_compress: bool = False
+    es_ilm_policy: str | None = None
     store_wait: float = 10.0
     sqlite_path: str = "./data/events.db"
     sqlite_synchronous: str = "full"
@@ -247,6 +248,12 @@ _FLAGS: list[tuple[str, Callable[[str], Any], str, Sequence[str] | None]] = [
     ("es-ca-certs", str, "CA bundle for Elasticsearch TLS", None),
     ("es-retry-deadline", _nonneg_float, "seconds to retry 429/5xx bulk items before 5.03", None),
     ("es-compress", _bool, "gzip bulk request bodies", None),
+    (
+        "es-ilm-policy",
+        str,
+        "ILM policy named in the index template (full distributions; retention by ILM)",
+        None,
+    ),
     ("store-wait", _nonneg_float, "seconds to wait for the store at start-up", None),
     ("sqlite-path", str, "database file of the sqlite sink", None),
     (

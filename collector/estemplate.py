@@ -59,24 +59,26 @@ def template_name(prefix: str) -> str:
     return f"{prefix}-template"
 
 
-def index_template(prefix: str) -> dict[str, Any]:
+def index_template(prefix: str, ilm_policy: str | None = None) -> dict[str, Any]:
     """Keyword arguments for `indices.put_index_template` covering `<prefix>-*`.
 
     Composable templates whose patterns overlap must differ in priority, and
     `<a>-*` overlaps `<b>-*` only when one prefix extends the other; so the priority
     grows with the prefix's length and the more specific prefix wins.
+
+    `ilm_policy` names an ILM policy in the settings (`index.lifecycle.name`): the
+    collector rewrites its template at every start, so a lifecycle must be part of
+    it rather than added by hand. Only for distributions with the ILM module.
     """
+    index: dict[str, Any] = {"number_of_shards": 1, "auto_expand_replicas": "0-1"}
+    if ilm_policy:
+        index["lifecycle"] = {"name": ilm_policy}
     return {
         "name": template_name(prefix),
         "index_patterns": [f"{prefix}-*"],
         "priority": 100 + len(prefix),
         "template": {
-            "settings": {
-                "index": {
-                    "number_of_shards": 1,
-                    "auto_expand_replicas": "0-1",
-                }
-            },
+            "settings": {"index": index},
             "mappings": MAPPINGS,
         },
         "meta": {"managed_by": "iot-collector", "version": TEMPLATE_VERSION},

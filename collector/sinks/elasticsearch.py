@@ -111,6 +111,8 @@ class EsSinkConfig(Protocol):
     def es_retry_deadline(self) -> float: ...
     @property
     def es_compress(self) -> bool: ...
+    @property
+    def es_ilm_policy(self) -> str | None: ...
 
 
 class Verdict(enum.Enum):
@@ -224,6 +226,7 @@ class ElasticsearchSink:
         nodes = es_nodes(config.es_url)
         self._url = ",".join(redact_url(node) for node in nodes)  # for messages
         self._prefix = prefix
+        self._ilm_policy = config.es_ilm_policy
         self._username = config.es_username
         self._store_wait = max(0.0, float(config.store_wait))
         self._deadline = max(0.1, float(config.es_retry_deadline))
@@ -269,7 +272,7 @@ class ElasticsearchSink:
         """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self._store_wait
-        template = index_template(self._prefix)
+        template = index_template(self._prefix, ilm_policy=self._ilm_policy)
         while True:
             try:
                 # PUT of the same template is idempotent, so replicas starting together

@@ -110,6 +110,7 @@ def sink_config(url: str, prefix: str, **overrides: Any) -> SimpleNamespace:
         "store_wait": 5.0,
         "es_retry_deadline": 4.0,
         "es_compress": False,
+        "es_ilm_policy": None,
     }
     values.update(overrides)
     return SimpleNamespace(**values)

@@ -98,3 +98,12 @@ def test_parse_age_refuses(text: str):
 )  # fmt: skip
 def test_index_day_takes_only_the_exact_shape(name: str, ok: bool):
     assert (index_day("p", name) is not None) is ok
+
+
+def test_ilm_policy_goes_into_the_template_settings_only_when_named():
+    from collector.estemplate import index_template
+
+    assert "lifecycle" not in index_template("p")["template"]["settings"]["index"]
+    named = index_template("p", ilm_policy="keep-30d")["template"]["settings"]["index"]
+    assert named["lifecycle"] == {"name": "keep-30d"}
+    assert named["number_of_shards"] == 1 and named["auto_expand_replicas"] == "0-1"
