@@ -20,11 +20,16 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Metadata first so the dependency wheels are cached across source edits.
-COPY pyproject.toml README.md ./
+# The dependencies' wheels first, from pyproject.toml alone, so that a source or
+# README edit rebuilds only the project's own wheel (no PyPI round trip).
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        >/tmp/requirements.txt \
+    && pip wheel --wheel-dir /wheels -r /tmp/requirements.txt
+COPY README.md ./
 COPY coap ./coap
 COPY collector ./collector
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG UID=10001
