@@ -5,7 +5,8 @@
 Commands: ``healthcheck``, ``discover``, ``send TYPE VALUE...``,
 ``incremental TYPE INITIAL``, ``simulate``, ``city NAME``. Global options may also
 follow the command. Exit codes: 0 every request answered 2.xx; 1 some answer
-4.xx/5.xx (or RST); 2 usage or configuration error; 3 some request got no answer;
+4.xx/5.xx (or RST); 2 usage or configuration error; 3 some request got no answer
+(timeout, or the port refused: no CoAP server there);
 130 when Ctrl-C stops a one-shot command (an endless ``incremental`` ends normally).
 Every error is one line on stderr, never a traceback.
 """
@@ -259,6 +260,9 @@ def build_parser() -> _Parser:
     parser = _Parser(
         prog=PROG,
         description="Send events to an iot-collector over CoAP, check it, simulate a fleet.",
+        epilog="exit codes: 0 every answer 2.xx; 1 some answer 4.xx/5.xx or RST; "
+        "2 usage or configuration error; 3 some request got no answer (timeout, or "
+        "connection refused: no CoAP server at the port); 130 interrupted",
     )
     parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     _add_globals(parser, suppress=False)

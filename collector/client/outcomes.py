@@ -2,7 +2,7 @@
 
 Exit codes (the CLI contract): 0 when every request was answered 2.xx; 1 when
 some answer was 4.xx/5.xx or a RST; 3 when some request got no answer at all
-(timeout), which takes precedence because it means the server may not be there;
+(timeout, or the port refused it), which takes precedence because it means the server may not be there;
 2 is for usage and configuration errors, decided before anything is sent.
 """
 
