@@ -3,6 +3,7 @@ as the collector's user lacking rights (issue 14). Real Elasticsearch."""
 
 from __future__ import annotations
 
+import pytest
 from elasticsearch import Elasticsearch
 
 from collector.sinks.base import Outcome, Result
@@ -10,6 +11,8 @@ from collector.sinks.elasticsearch import ElasticsearchSink, index_name
 
 from .helpers import sink_config
 from .test_es_sink import NOW_MS, event, with_sink
+
+pytestmark = [pytest.mark.es, pytest.mark.integration]
 
 
 def test_a_write_blocked_index_is_reported_as_a_write_block(
