@@ -38,7 +38,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -100,26 +100,17 @@ def spool_file(directory: str, worker: int) -> str:
     return os.path.join(directory, f"spool-{worker}.db")
 
 
+_FIELD_NAMES: Final = tuple(f.name for f in fields(Event))
+
+
 def _encode(events: Sequence[Event]) -> bytes:
     return orjson.dumps([_fields(e) for e in events])
 
 
 def _fields(e: Event) -> list[object]:
-    return [
-        e.id,
-        e.timestamp_ms,
-        e.received_ms,
-        e.namespace,
-        e.sender,
-        e.origin,
-        e.type,
-        e.value,
-        e.unit,
-        e.source,
-        e.worker,
-        e.client_id,  # rows spooled before these two existed decode with None
-        e.identity,
-    ]
+    # Every field, in declaration order: a field added to Event later (with a default)
+    # still decodes from rows written before it existed.
+    return [getattr(e, name) for name in _FIELD_NAMES]
 
 
 def _decode(blob: bytes) -> list[Event]:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 #: Pause between forward attempts while the primary refuses, doubling up to the max.
 RETRY_FIRST: Final = 0.25
 RETRY_MAX: Final = 5.0
+#: On close, how long the drain keeps trying while the primary takes nothing.
+DRAIN_PATIENCE: Final = 2.0
 #: How long start() waits for the primary before serving from the spool alone.
 START_WAIT: Final = 2.0
 #: healthy() is False this long after the spool itself failed or was full.
@@ -151,6 +153,7 @@ class SpoolingSink:
         self._tasks.clear()
         if self._primary_ready and not self.spool.empty:
             deadline = time.monotonic() + self._drain_timeout
+            stalled_since: float | None = None
             while not self.spool.empty and time.monotonic() < deadline:
                 try:
                     moved = await asyncio.wait_for(
@@ -158,8 +161,16 @@ class SpoolingSink:
                     )
                 except (TimeoutError, SpoolError):
                     break
-                if not moved:
+                if moved:
+                    stalled_since = None
+                    continue
+                # The store may have just come back (its sink notices within a probe
+                # interval): a little patience, not the whole drain timeout.
+                now = time.monotonic()
+                stalled_since = now if stalled_since is None else stalled_since
+                if now - stalled_since >= DRAIN_PATIENCE:
                     break
+                await asyncio.sleep(RETRY_FIRST)
             if not self.spool.empty:
                 log.warning(
                     "spool kept on disk for the next start",

@@ -283,3 +283,23 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name) and (line[len(name)] in " {"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_sigterm_with_elasticsearch_up_drains_the_spool_before_exiting(
+    spooled: Any, proxy: TcpProxy, es: Elasticsearch, es_prefix: str, tmp_path: Path
+):
+    """Scale-down: the pod's spool goes into Elasticsearch before the process exits."""
+    server = spooled(drain_timeout=10)
+    proxy.down()
+    events = [body() for _ in range(30)]
+    with CoapClient(server.port) as client:
+        assert all(client.post_json(e, timeout=10).code == Code.CREATED for e in events)
+    time.sleep(6.0)  # the forwarder has backed off to its longest pause
+    proxy.up()
+    pending = spool_counts(tmp_path / "spool")[0]
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    assert pending == 30, "the forwarder drained before SIGTERM: nothing left to test"
+    assert spool_counts(tmp_path / "spool")[0] == 0
+    ids = [e["id"] for e in events]
+    assert client_ids_present(es, f"{es_prefix}-*", ids) == set(ids)

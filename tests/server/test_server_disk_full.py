@@ -13,14 +13,18 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from coap import Code
+from collector.events import Event
 
 from .conftest import Collector, event, start_collector
+
+_EVENT_FIELDS = [f.name for f in fields(Event)]
 
 pytestmark = [
     pytest.mark.integration,
@@ -110,7 +114,7 @@ def test_sqlite_sink_on_a_full_disk_answers_5_03_and_resumes(tmp_path: Path, sma
         assert codes == [Code.CREATED] * 20
     finally:
         server.terminate()
-    check_db(db, "events", before + during + after + more, "id")
+    check_db(db, "events", before + during + after + more, "client_id")
 
 
 def test_spool_on_a_full_disk_answers_5_03_and_resumes(tmp_path: Path, small_disk: Path):
@@ -145,8 +149,9 @@ def test_spool_on_a_full_disk_answers_5_03_and_resumes(tmp_path: Path, small_dis
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         import orjson
 
+        # Spooled rows hold whole events; the client's id is the `client_id` field.
         found = {
-            row[0]
+            dict(zip(_EVENT_FIELDS, row, strict=False))["client_id"]
             for (body,) in conn.execute("SELECT body FROM batches")
             for row in orjson.loads(body)
         }

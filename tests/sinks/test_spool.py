@@ -68,6 +68,21 @@ def test_append_peek_settle_round_trip_keeps_every_field_and_the_accounting(tmp_
     again.close_sync()
 
 
+def test_every_event_field_survives_the_spool(tmp_path: Path):
+    from dataclasses import fields, replace
+
+    spool = Spool(str(tmp_path / "spool.db"), max_bytes=1_000_000)
+    spool.open_sync()
+    full = event("a")
+    for f in fields(Event):  # optional fields set too, whatever they are
+        if getattr(full, f.name) is None:
+            full = replace(full, **{f.name: f"set-{f.name}"})
+    spool.append_sync([full])
+    ((_, (back,)),) = spool.peek_sync(10)
+    assert back == full
+    spool.close_sync()
+
+
 def test_peek_returns_whole_rows_up_to_the_limit(tmp_path: Path):
     spool = Spool(str(tmp_path / "spool.db"), max_bytes=10_000_000)
     spool.open_sync()
