@@ -26,7 +26,9 @@ message layer of RFC 7252 §4 for a client talking to one server:
   bytes; a server may well drop a larger one silently), the first with Size1; a
   smaller block size asked for in a 2.31 answer is followed (§2.5). While several
   such uploads are in flight on one endpoint, each carries its own Request-Tag
-  (RFC 9175 §3), so the server keeps their bodies apart. A response carrying Block2
+  (RFC 9175 §3), so the server keeps their bodies apart; a server that ignores the
+  (elective) option and answers 4.08 to overlapping uploads gets that body again
+  alone, and one upload at a time from then on. A response carrying Block2
   is fetched to its end, for any method (§2.4, §3.3).
 * **Refusal.** On a connected socket the kernel reports an ICMP port unreachable as
   ECONNREFUSED. With ``refused_is_final`` (one-shot commands) that ends every
@@ -223,6 +225,13 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         self.server = ""
         self._upload_tags: set[bytes] = set()  # Request-Tags of uploads in flight
         self._next_tag = 0
+        # A server that ignores Request-Tag (an elective option: RFC 7959-only servers
+        # do) mixes concurrent uploads and answers 4.08; from then on this endpoint
+        # uploads one body at a time (see _upload).
+        self._serial_uploads = False
+        self._uploads_begun = 0  # uploads started, for "was another one in flight"
+        self._upload_lock: asyncio.Lock | None = None
+        self._no_uploads: asyncio.Event | None = None
 
     @classmethod
     async def connect(
@@ -350,6 +359,50 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         )
 
     async def _upload(
+        self,
+        code: int,
+        path: str,
+        payload: bytes,
+        options: tuple[tuple[int, bytes], ...],
+        kwargs: dict[str, Any],
+    ) -> Response:
+        """A block-wise upload, concurrent with others (Request-Tag) until the server
+        shows it cannot keep them apart: a 4.08 on an upload that overlapped another
+        is sent again alone (4.08 means nothing was processed), and every later
+        upload on this endpoint waits for the one before."""
+        if self._upload_lock is None or self._no_uploads is None:
+            self._upload_lock, self._no_uploads = asyncio.Lock(), asyncio.Event()
+            self._no_uploads.set()
+        if self._serial_uploads:
+            return await self._upload_alone(code, path, payload, options, kwargs)
+        overlapped = bool(self._upload_tags)
+        begun = self._uploads_begun = self._uploads_begun + 1
+        self._no_uploads.clear()
+        try:
+            response = await self._upload_blocks(code, path, payload, options, kwargs)
+        finally:
+            if not self._upload_tags:
+                self._no_uploads.set()
+        overlapped = overlapped or self._uploads_begun != begun
+        if response.code != Code.REQUEST_ENTITY_INCOMPLETE or not overlapped:
+            return response
+        self._serial_uploads = True
+        return await self._upload_alone(code, path, payload, options, kwargs)
+
+    async def _upload_alone(
+        self,
+        code: int,
+        path: str,
+        payload: bytes,
+        options: tuple[tuple[int, bytes], ...],
+        kwargs: dict[str, Any],
+    ) -> Response:
+        assert self._upload_lock is not None and self._no_uploads is not None
+        async with self._upload_lock:
+            await self._no_uploads.wait()  # uploads begun before the switch finish first
+            return await self._upload_blocks(code, path, payload, options, kwargs)
+
+    async def _upload_blocks(
         self,
         code: int,
         path: str,

@@ -548,3 +548,52 @@ def test_block1_follows_a_smaller_block_size_and_a_block2_answer_to_a_post() -> 
         assert all(m.payload == b"" for m in fetches)
 
     _run(scenario())
+
+
+def test_uploads_go_one_at_a_time_once_a_server_mixes_them() -> None:
+    """A server without RFC 9175 keys Block1 transfers by endpoint and path only, so
+    two concurrent uploads (told apart by Request-Tag, which it ignores) collide: it
+    answers 4.08. The client sends that body again alone, and uploads one body at a
+    time from then on; every body arrives whole, once."""
+    expected_next: dict[str, int] = {}
+    partial: dict[str, bytearray] = {}
+    complete: list[bytes] = []
+
+    def handler(server: ScriptedServer, msg: Message, addr: tuple[str, int]) -> None:
+        raw = msg.option(OptionNumber.BLOCK1)
+        assert raw is not None
+        block = coap.Block.decode(raw)
+        key = "/events"  # no Request-Tag in the key: RFC 7959 without RFC 9175
+        if block.num == 0:
+            expected_next[key], partial[key] = 0, bytearray()
+        if expected_next.get(key) != block.num:
+            expected_next.pop(key, None)
+            server.send(_answer(msg, Code.REQUEST_ENTITY_INCOMPLETE), addr)
+            return
+        partial[key] += msg.payload
+        expected_next[key] = block.num + 1
+        if block.more:
+            reply = Message(Type.ACK, Code.CONTINUE, msg.mid, msg.token, ((27, raw),))
+        else:
+            complete.append(bytes(partial.pop(key)))
+            expected_next.pop(key)
+            reply = Message(Type.ACK, Code.CHANGED, msg.mid, msg.token, ((27, raw),))
+        server.send(reply, addr)
+
+    bodies = [bytes([65 + i]) * 3000 for i in range(4)]
+
+    async def scenario() -> list[int]:
+        _server, transport, port = await _start(handler)
+        endpoint = await ClientEndpoint.connect("127.0.0.1", port, params=FAST)
+        try:
+            responses = await asyncio.gather(
+                *(endpoint.request(Code.POST, "/events", payload=b, timeout=5) for b in bodies)
+            )
+        finally:
+            endpoint.close()
+            transport.close()
+        return [r.code for r in responses]
+
+    codes = _run(scenario())
+    assert codes == [Code.CHANGED] * 4
+    assert sorted(complete) == sorted(bodies)

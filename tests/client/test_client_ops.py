@@ -168,6 +168,26 @@ def test_a_large_batch_goes_block1_to_the_collector(
         connection.close()
 
 
+def test_several_uploads_in_flight_reach_the_collector_whole(
+    collector: tuple[int, Path], relay_to: type[Relay]
+) -> None:
+    """8 block-wise requests in flight at once (--window 8): every event stored once,
+    whether the collector keeps them apart by Request-Tag or the client has to fall
+    back to one upload at a time."""
+    port, db = collector
+    relay = relay_to(port)
+    done = run_cli("-P", str(relay.port), "send", "--batch", "20", "t", *values(160))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" -> 2.01") == 8
+    assert max(relay.sizes) <= DATAGRAM_LIMIT
+    connection = sqlite3.connect(db)
+    try:
+        assert connection.execute("SELECT count(DISTINCT id) FROM events").fetchone()[0] == 160
+        assert connection.execute("SELECT count(*) FROM events").fetchone()[0] == 160
+    finally:
+        connection.close()
+
+
 def test_a_4_13_answer_is_one_short_line(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     args = ["--host", "127.0.0.1", "--workers", "1", "--metrics-port", "0", "--max-body", "2000"]
