@@ -257,7 +257,32 @@ def _run_procs(target, args_list):  # type: ignore[no-untyped-def]
     return results
 
 
-def load(args: argparse.Namespace) -> tuple[list[tuple[str, float, float, float]], float]:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _worker_pid(parent: int) -> int:
+    for _ in range(100):
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            kids = []
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    raise RuntimeError("no worker process")
+
+
+Row = tuple[str, float, float, float, float]
+
+
+def load(args: argparse.Namespace) -> tuple[list[Row], float, float]:
+    """Rows (name, req/s, p50 ms, p99 ms, worker CPU us/request), handshakes/s, and
+    the worker's CPU us per handshake."""
     work = Path(tempfile.mkdtemp(prefix="dtls-bench-"))
     psk = work / "psk.json"
     psk.write_text(json.dumps({"identities": [
@@ -267,36 +292,44 @@ def load(args: argparse.Namespace) -> tuple[list[tuple[str, float, float, float]
     argv = [str(REPO / ".venv/bin/iot-collector"), "serve", "--host", "127.0.0.1",
             "--port", str(plain_port), "--coaps-port", str(coaps_port), "--workers", "1",
             "--sink", "null", "--metrics-port", "0", "--psk-file", str(psk), "--plain", "on",
-            "--dtls-max-sessions", "100000", "--log-level", "warning"]  # fmt: skip
+            "--dtls-max-sessions", "100000", "--dtls-backend", args.backend,
+            "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(2.0)
-        rows = []
+        worker = _worker_pid(proc.pid)
+        rows: list[Row] = []
         per_proc = max(1, args.devices // args.procs)
         for name, port, dtls in (("plain CoAP", plain_port, False), ("DTLS", coaps_port, True)):
+            cpu0 = _cpu_seconds(worker)  # the DTLS handshakes before the window add a little
             parts = _run_procs(
                 _generator,
                 [(port, dtls, per_proc, args.window, args.duration)] * args.procs,
             )
+            cpu = _cpu_seconds(worker) - cpu0
             lat = sorted(x for part in parts for x in part)
             if not lat:
-                rows.append((name, 0.0, float("nan"), float("nan")))
+                rows.append((name, 0.0, float("nan"), float("nan"), float("nan")))
                 continue
             rows.append((
                 name,
                 len(lat) / args.duration,
                 lat[len(lat) // 2] * 1e3,
                 lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
+                cpu / len(lat) * 1e6,
             ))  # fmt: skip
+        cpu0 = _cpu_seconds(worker)
         counts = _run_procs(_handshaker, [(coaps_port, args.handshake_duration, 16)] * args.procs)
+        cpu = _cpu_seconds(worker) - cpu0
         handshakes = sum(counts) / args.handshake_duration
+        handshake_us = cpu / max(1, sum(counts)) * 1e6
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return rows, handshakes
+    return rows, handshakes, handshake_us
 
 
 def _free() -> int:
@@ -314,6 +347,7 @@ def main() -> int:
     parser.add_argument("--handshake-duration", type=float, default=3.0)
     parser.add_argument("--devices", type=int, default=32)
     parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--backend", default="openssl", choices=("openssl", "mbedtls"))
     parser.add_argument("--procs", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; generator processes: {args.procs}")
@@ -332,15 +366,19 @@ def main() -> int:
         for label in labels:
             print(f"| {label} | {best[(label, 'mbedtls')]:.1f} | {best[(label, 'openssl')]:.1f} |")
     if args.part in ("load", "all"):
-        rows, handshakes = load(args)
+        rows, handshakes, handshake_us = load(args)
+        print(f"\nbackend {args.backend}")
+        print("| 1 worker, null sink | requests/s | p50 ms | p99 ms | worker CPU µs/request |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for name, rps, p50, p99, cpu_us in rows:
+            print(f"| {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {cpu_us:.1f} |")
+        if rows[0][1] and rows[1][1]:
+            print(f"\nDTLS / plain requests/s (same generator): {rows[1][1] / rows[0][1]:.2f}")
+            print(f"DTLS / plain capacity (worker CPU per request): {rows[0][4] / rows[1][4]:.2f}")
         print(
-            "\n| 1 worker, null sink | requests/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |"
+            f"PSK handshakes/s completed: {handshakes:.0f} (generator-bound); worker CPU per "
+            f"handshake {handshake_us:.0f} µs: {1e6 / handshake_us:.0f} handshakes/s per worker"
         )
-        for name, rps, p50, p99 in rows:
-            print(f"| {name} | {rps:.0f} | {p50:.2f} | {p99:.2f} |")
-        if rows[0][1]:
-            print(f"\nDTLS / plain requests/s: {rows[1][1] / rows[0][1]:.2f}")
-        print(f"PSK handshakes/s, 1 worker: {handshakes:.0f}")
     return 0
 
 

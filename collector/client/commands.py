@@ -192,7 +192,12 @@ async def connect(
         from . import dtls
 
         endpoint = await dtls.connect(
-            config.host, config.port, *config.psk, params=config.params, rng=rng
+            config.host,
+            config.port,
+            *config.psk,
+            params=config.params,
+            rng=rng,
+            timeout=config.timeout or dtls.HANDSHAKE_TIMEOUT,
         )
     else:
         endpoint = await ClientEndpoint.connect(

@@ -8,9 +8,9 @@ handed out; lost handshake flights are re-sent with a doubling timeout.
 
 A server that lost the session (a collector worker restarted, a NAT rebinding moved
 us to an unknown port) drops our records without a word, so the only sign is
-silence: when a CoAP message goes out and nothing has come back for
-`REHANDSHAKE_AFTER` seconds, the transport opens a new session on the same socket,
-and the endpoint's own retransmissions carry the request over it.
+silence: when nothing has come back for `REHANDSHAKE_AFTER` seconds since a CoAP
+message went out, the next one opens a new session on the same socket instead, and
+the endpoint's own retransmissions carry the request over it.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class _DtlsLink(asyncio.DatagramProtocol):
         self.session = DtlsClientSession(identity, key)
         self._connected: asyncio.Event | None = None
         self._flight = b""
-        self._last_heard = time.monotonic()
+        self._unanswered_since: float | None = None  # first send since we last heard
         self._rehandshake: asyncio.Task[None] | None = None
         self.handshakes = 0
         self.error: str | None = None
@@ -89,7 +89,7 @@ class _DtlsLink(asyncio.DatagramProtocol):
         self.endpoint.error_received(exc)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._last_heard = time.monotonic()
+        self._unanswered_since = None
         session = self.session
         was_connected = session.connected
         try:
@@ -141,12 +141,15 @@ class _DtlsLink(asyncio.DatagramProtocol):
         if not self.session.connected:
             raise DtlsError(self.error or f"DTLS handshake timed out after {timeout:g} s")
         self.handshakes += 1
-        self._last_heard = time.monotonic()
+        self._unanswered_since = None
 
     def send_plain(self, data: bytes) -> None:
         if not self.session.connected:
             return  # re-handshaking: the endpoint's retransmission will carry it
-        if time.monotonic() - self._last_heard > REHANDSHAKE_AFTER:
+        now = time.monotonic()
+        if self._unanswered_since is None:
+            self._unanswered_since = now
+        elif now - self._unanswered_since > REHANDSHAKE_AFTER:
             self._start_rehandshake()
             return
         self._send(self.session.encrypt(data))
@@ -163,7 +166,7 @@ class _DtlsLink(asyncio.DatagramProtocol):
         try:
             await self.handshake()
         except DtlsError:
-            self._last_heard = time.monotonic()  # try again at the next send
+            self._unanswered_since = None  # try again after the next silence
 
     def close(self) -> None:
         if self._rehandshake is not None:

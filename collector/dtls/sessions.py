@@ -119,13 +119,17 @@ class DtlsServer:
         if session is None:
             self._unknown(data, peer, now)
             return None
-        if session.state == OPEN and records.client_hello_cookie(data) is not None:
+        if (
+            data[:1] == b"\x16"  # a handshake record: only then can it be a ClientHello
+            and session.state == OPEN
+            and records.client_hello_cookie(data) is not None
+        ):
             # RFC 6347 §4.2.8: a ClientHello on an open session's address is a new
             # connection if its cookie is good; until then the old session stands.
             self._unknown(data, peer, now, replacing=session)
             return None
         session.last_seen = now
-        self.sessions.move_to_end(key)
+        self.sessions.move_to_end(key)  # O(1): the table stays ordered by last use
         if session.state == HANDSHAKING:
             self._handshake(session, data)
             return None

@@ -93,7 +93,7 @@ def test_key_from_the_environment_and_hex(libcoap_dtls_server: int) -> None:
 def test_wrong_key_fails_with_one_line(libcoap_dtls_server: int) -> None:
     done = _cli(
         "-P", str(libcoap_dtls_server), "--psk-identity", "dev-17", "--psk-key", "not-the-key",
-        "discover",
+        "discover", "--timeout", "3",
     )  # fmt: skip
     assert done.returncode != 0
     assert "DTLS" in done.stderr and "Traceback" not in done.stderr
