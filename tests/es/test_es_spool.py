@@ -303,3 +303,24 @@ def test_sigterm_with_elasticsearch_up_drains_the_spool_before_exiting(
     assert spool_counts(tmp_path / "spool")[0] == 0
     ids = [e["id"] for e in events]
     assert client_ids_present(es, f"{es_prefix}-*", ids) == set(ids)
+
+
+def test_each_worker_spools_into_its_own_file_and_drains_it(
+    spooled: Any, proxy: TcpProxy, es: Elasticsearch, es_prefix: str, tmp_path: Path
+):
+    server = spooled(workers=2)
+    proxy.down()
+    events = []
+    for _ in range(8):  # eight source ports: the kernel spreads them over both workers
+        with CoapClient(server.port) as client:
+            for _ in range(5):
+                e = body()
+                assert client.post_json(e, timeout=10).code == Code.CREATED
+                events.append(e)
+    files = sorted(p.name for p in (tmp_path / "spool").glob("spool-*.db"))
+    assert files == ["spool-0.db", "spool-1.db"]
+    assert spool_counts(tmp_path / "spool")[0] == 40
+    proxy.up()
+    assert wait_for(lambda: spool_counts(tmp_path / "spool")[0] == 0, 60, step=0.5)
+    ids = [e["id"] for e in events]
+    assert client_ids_present(es, f"{es_prefix}-*", ids) == set(ids)
