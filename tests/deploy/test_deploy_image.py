@@ -29,7 +29,7 @@ Podman = Callable[..., subprocess.CompletedProcess[str]]
 # The budget for the collector's start-up inside the container.
 READY_WITHIN_S = 1.0
 # A bound that catches a bloated image (a compiler or a build cache left in it);
-# the image is about 200 MB on the local Debian base.
+# the image is about 230 MB on the local Debian base.
 MAX_IMAGE_BYTES = 400_000_000
 COMPILERS = ("gcc", "cc", "g++", "c++", "clang", "make", "ld")
 
@@ -76,9 +76,9 @@ def test_runs_as_a_non_root_user(podman: Podman, image: str) -> None:
 
 
 def test_collector_is_ready_within_a_second(podman: Podman, image: str) -> None:
-    # The best of three starts, so one stall of a loaded machine does not decide.
+    # The best of up to five starts, so stalls of a loaded machine do not decide.
     timings = []
-    for _ in range(3):
+    for _ in range(5):
         done = podman("run", "--rm", "-e", "COLLECTOR_WORKERS=1", image,
                       "python", "-c", READY_PROBE, timeout=120)  # fmt: skip
         (line,) = [x for x in done.stdout.splitlines() if x.startswith("ready_s ")]
