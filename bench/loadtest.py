@@ -584,7 +584,22 @@ class Bench:
             run = self.run(host, port, rate, label, name, fleet=fleet)
             runs.append(run)
             ok = report.passes(run, a.p99_bound)
-            return Verdict(rate, ok, not ok and report.generator_limited(run))
+            return Verdict(rate, ok, not ok and report.generator_limited(run), why(run))
+
+        def why(run: dict[str, Any]) -> str:
+            if report.passes(run, a.p99_bound):
+                return ""
+            if report.generator_limited(run):
+                if run["generator_saturated"]:
+                    return "generator out of CPU"
+                if run["machine_busy"]:
+                    return "machine busy: the generator waited for a CPU"
+                return "generator behind its schedule"
+            if run["timeouts"] or run["answered"] < run["sent"]:
+                return "losses"
+            if run["ok"] < run["answered"]:
+                return "error answers"
+            return "p99 over the bound"
 
         found = capacity_search(
             probe, start, grow=a.grow, refine=a.refine, retries=max(0, a.retries)
@@ -647,6 +662,7 @@ class Bench:
                         "capacity": found.capacity,
                         "first_fail": found.first_fail,
                         "capacity_generator_limited": found.generator_limited,
+                        "capacity_bound_by": found.note,
                         "trail": [[v.rate, v.passed, v.generator_limited] for v in found.trail],
                         "runs": runs,
                     }
@@ -665,6 +681,8 @@ class Bench:
             entry["capacity_generator_limited"] = (
                 sum(r["capacity_generator_limited"] for r in reps) > half
             )
+            notes = [r["capacity_bound_by"] for r in reps if r["capacity_bound_by"]]
+            entry["capacity_bound_by"] = max(set(notes), key=notes.count) if notes else ""
             entry["server_cpu_us"] = _median([m.get("server_cpu_us_per_request") for m in maxes])
             entry["generator_cpu_us"] = _median(
                 [m.get("generator_cpu_us_per_request") for m in maxes]

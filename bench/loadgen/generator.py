@@ -522,6 +522,8 @@ def _open_loop(
                     continue
                 answered += 1
                 codes[code] += 1
+                if 64 <= code < 96:
+                    ok += 1
                 lat = int((lat_base - j * per) * 1e6)
                 if lat < _EXACT:
                     lat_counts[lat if lat > 0 else 0] += 1
@@ -538,7 +540,6 @@ def _open_loop(
     sch1 = _schedstat()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     timeouts += state.count(_PENDING, k_warm) + state.count(_EMPTY_ACKED, k_warm)
-    ok = sum(codes[64:96])
     _publish(progress, index, (sent_measured, answered, ok, timeouts, retrans))
     return {
         "mode": "open",

@@ -368,11 +368,13 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
     return {"median": mid, "min": vals[0], "max": vals[-1], "n": n}
 
 
-def _rate_text(sp: dict[str, Any], limited: bool = False) -> str:
+def _rate_text(sp: dict[str, Any], limited: bool = False, why: str = "") -> str:
     if sp.get("median") is None:
         return "-"
     text = f"{sp['median']:.0f} [{sp['min']:.0f}-{sp['max']:.0f}]"
-    return (">= " + text + " (generator limit)") if limited else text
+    if limited:
+        return f">= {text} ({why or 'generator limit'})"
+    return f"{text} ({why})" if why else text
 
 
 def side_by_side(runs: Sequence[dict[str, Any]]) -> str:
@@ -389,7 +391,9 @@ def side_by_side(runs: Sequence[dict[str, Any]]) -> str:
 def compare_table(compare: dict[str, Any]) -> str:
     """Per server: max (closed loop) and capacity (open loop, the rule), each the median
     of the repetitions with [min-max], their ratio, the ratio to the echo peer's max,
-    stalls seen in the max runs, and CPU per request of the server and the generator."""
+    stalls seen in the max runs, and CPU per request of the server and the generator.
+    A capacity says what ended its search (losses, p99, or the generator: then it is a
+    lower bound, marked >=)."""
     rows = [
         "| server | max req/s (closed loop) | capacity req/s (p99 <="
         f" {compare['p99_bound_ms']:g} ms, no losses) | capacity / max | max / echo max |"
@@ -406,7 +410,8 @@ def compare_table(compare: dict[str, Any]) -> str:
         vs_echo = f"{mx['median'] / echo:.2f}" if echo and mx["median"] else "-"
         rows.append(
             f"| {s['name']} | {_rate_text(mx, s.get('max_generator_limited', False))} |"
-            f" {_rate_text(cap, s.get('capacity_generator_limited', False))} | {ratio} |"
+            f" {_rate_text(cap, s.get('capacity_generator_limited', False), s.get('capacity_bound_by', ''))}"
+            f" | {ratio} |"
             f" {vs_echo} | {_stall_text(s.get('stalls'))} |"
             f" {_f(s.get('server_cpu_us'), 1)} | {_f(s.get('generator_cpu_us'), 1)} |"
         )

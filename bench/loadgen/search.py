@@ -25,6 +25,7 @@ class Verdict:
     rate: float
     passed: bool
     generator_limited: bool = False  # the generator, not the server, missed the rule
+    note: str = ""  # why, in a few words, when it failed
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Capacity:
     first_fail: float | None
     generator_limited: bool
     trail: list[Verdict] = field(default_factory=list)
+    note: str = ""  # the note of the failure that bounds the capacity
 
 
 def round_rate(rate: float) -> float:
@@ -99,7 +101,7 @@ def capacity_search(
                 break
             hi, ended = rate, v
     if lo is None:
-        return Capacity(0.0, hi, ended.generator_limited, trail)
+        return Capacity(0.0, hi, ended.generator_limited, trail, ended.note)
     for _ in range(refine if hi is not None else 0):
         assert hi is not None
         mid = round_rate((lo + hi) / 2)
@@ -110,7 +112,10 @@ def capacity_search(
             lo = mid
         else:
             hi, ended = mid, v
-    return Capacity(lo, hi, hi is not None and ended.generator_limited, trail)
+    bounded = hi is not None
+    return Capacity(
+        lo, hi, bounded and ended.generator_limited, trail, ended.note if bounded else ""
+    )
 
 
 __all__ = ["Capacity", "Verdict", "capacity_search", "round_rate"]
