@@ -205,3 +205,23 @@ def test_retention_signs_in_as_its_own_user(render: Render) -> None:
     assert setup["RETENTION_USERNAME"] == variables["COLLECTOR_ES_USERNAME"]
     assert setup["RETENTION_PASSWORD"] == variables["COLLECTOR_ES_PASSWORD"]
     assert "delete_index" in SETUP_SCRIPT.read_text()
+
+
+def test_notes_tell_where_the_elastic_password_is(
+    helm: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    # NOTES.txt rendered through tpl in a copy of the chart (`helm template` skips it).
+    import shutil
+
+    chart = tmp_path / "iot-collector"
+    shutil.copytree(ROOT / "charts" / "iot-collector", chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "files" / "notes.tpl")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n"
+        '  notes: {{ tpl (.Files.Get "files/notes.tpl") . | toJson }}\n'
+    )
+    done = helm("template", "rel", str(chart), "--show-only", "templates/zz-notes.yaml")
+    assert done.returncode == 0, done.stderr
+    notes = yaml.safe_load(done.stdout)["data"]["notes"]
+    assert f"get secret --namespace default {CREDENTIALS}" in notes
+    assert "{.data.elastic-password}" in notes
