@@ -148,3 +148,41 @@ def test_a_file_from_an_older_collector_gains_the_new_columns(tmp_path: Path) ->
     with closing(sqlite3.connect(path)) as conn:
         indices = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
     assert "events_client_id" in indices
+
+
+def test_a_conflict_found_while_draining_the_spool_is_dead_lettered_not_dropped(
+    tmp_path: Path,
+) -> None:
+    # Write-ahead acks from the spool first; the reuse shows only when the forwarder
+    # writes to the store: that event must stay findable, with its client id and identity.
+    from collector.sinks.spooling import SpoolingSink
+    from collector.spool import Spool
+
+    path = tmp_path / "e.db"
+    first = decoded(BASE)
+    assert write_batches(path, [first]) == [[Outcome.STORED]]
+    dev17 = Identity("psk-17", "default", "dev-17")
+    reused = decoded({**BASE, "id": "r", "payload": {"type": "t", "value": 1}}, identity=dev17)
+    taken = decoded({**BASE, "id": "r"}, identity=dev17)
+    spool = Spool(str(tmp_path / "spool.db"), max_bytes=10**6)
+
+    async def main() -> None:
+        primary = SqliteSink(str(path))
+        sink = SpoolingSink(primary, spool, ack_delay=0.5, write_ahead=True)
+        await sink.start()
+        try:
+            await primary.write([taken])
+            results = await sink.write([reused, first])
+            assert [r.outcome for r in results] == [Outcome.STORED] * 2  # acked: spooled
+            for _ in range(200):
+                if spool.empty:
+                    break
+                await asyncio.sleep(0.05)
+            assert spool.empty
+            (letter,) = spool.dead_letters_sync()
+            assert letter.event == reused and letter.event.client_id == "r"
+            assert letter.event.identity == "psk-17" and letter.reason.startswith("id:")
+        finally:
+            await sink.close()
+
+    asyncio.run(main())
