@@ -390,9 +390,16 @@ cmd_status() {
 
 cmd_url() {
     resolve_instance url
-    select_node 1
-    running_pid >/dev/null || die "not running on port $PORT"
-    echo "$URL"
+    local i
+    for i in $(seq 1 "$NODES"); do
+        select_node "$i"
+        # A cluster with one node down (a rolling restart) still has its URLs.
+        if running_pid >/dev/null; then
+            echo "$URL"
+            return 0
+        fi
+    done
+    die "not running on port $PORT"
 }
 
 main() {

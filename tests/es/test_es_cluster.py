@@ -174,8 +174,8 @@ def test_template_keeps_one_replica_on_the_cluster(pair: Any, client: Elasticsea
     prefix, plain, _spooled, _ = pair
     with plain.client() as device:
         assert (
-            device.post_events(
-                [{"sender": "s", "origin": "o", "payload": {"type": "t", "value": 1}}]
+            device.post_events(  # the first event creates the index: slow when loaded
+                [{"sender": "s", "origin": "o", "payload": {"type": "t", "value": 1}}], timeout=60
             ).code
             == Code.CREATED
         )
@@ -240,6 +240,10 @@ def test_kill_9_of_the_node_holding_the_primary(pair: Any, cluster: Cluster, cli
         assert wait_for(
             lambda: bool(client.cat.shards(index=f"{prefix}-*", format="json").body), 30
         )
+        # Both copies started first: killing the only started copy loses the index,
+        # which is not the node failure this test is about.
+        health = client.cluster.health(index=f"{prefix}-*", wait_for_status="green", timeout="120s")
+        assert health["status"] == "green"
         shards = client.cat.shards(index=f"{prefix}-*", format="json", h="prirep,node").body
         (primary,) = [s["node"] for s in shards if s["prirep"] == "p"]
         n = cluster.node_of(primary)
