@@ -11,6 +11,7 @@ from ._codec import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_OPTIONS, decode, encod
 from ._errors import BadOption, BadRequest, CoapError, MessageFormatError, UnsupportedContentFormat
 from ._linkformat import Link, link_format
 from ._message import Message, Type, path_to_options
+from ._shapes import RequestShapes, shapes_for_paths
 from .codes import Code, code_str
 from .content_formats import ContentFormat
 from .options import (
@@ -41,6 +42,7 @@ __all__ = [
     "OptionFormat",
     "OptionNumber",
     "OptionSpec",
+    "RequestShapes",
     "Type",
     "UnsupportedContentFormat",
     "code_str",
@@ -53,5 +55,6 @@ __all__ = [
     "is_unsafe",
     "link_format",
     "path_to_options",
+    "shapes_for_paths",
     "transmission",
 ]

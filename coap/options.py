@@ -97,6 +97,7 @@ class OptionNumber(IntEnum):
     PROXY_SCHEME = 39
     SIZE1 = 60
     NO_RESPONSE = 258  # RFC 7967
+    REQUEST_TAG = 292  # RFC 9175
 
     @property
     def is_critical(self) -> bool:
@@ -134,7 +135,8 @@ class OptionNumber(IntEnum):
 _E, _O, _U, _S = OptionFormat.EMPTY, OptionFormat.OPAQUE, OptionFormat.UINT, OptionFormat.STRING
 
 #: number -> spec. RFC 7252 Table 4 (§5.10), RFC 7641 §2 (Observe), RFC 7959 §2.1
-#: and §4 (Block1/Block2/Size2), RFC 7967 §2 (No-Response).
+#: and §4 (Block1/Block2/Size2), RFC 7967 §2 (No-Response), RFC 9175 §3.2
+#: (Request-Tag: elective, safe to forward, repeatable, opaque 0-8 bytes).
 OPTIONS: dict[int, OptionSpec] = {
     s.number: s
     for s in (
@@ -158,5 +160,6 @@ OPTIONS: dict[int, OptionSpec] = {
         OptionSpec(39, "Proxy-Scheme", _S, 1, 255, False),
         OptionSpec(60, "Size1", _U, 0, 4, False),
         OptionSpec(258, "No-Response", _U, 0, 1, False),
+        OptionSpec(292, "Request-Tag", _O, 0, 8, True),
     )
 }

@@ -12,12 +12,10 @@ caller's max-pending check). When a write
 returns, every event's result is handed to its waiter, so each request is judged by
 its own events only.
 
-For a sink that allows it (`Sink.eager`: null, sqlite), a write starts eagerly, inside
-the call that closed its batch (what Python 3.12 calls an eager task): a write that
-finishes without waiting (the null sink) then costs no task and no loop iteration, and
-its answers leave with the same burst; one that waits becomes a task from there.
-Other sinks' writes (Elasticsearch: its HTTP client's timeouts need a current task)
-are tasks from the start.
+A sink that can finish a write without waiting says so through its synchronous
+method (`Sink.write_now`, the null sink's): the driver calls it where the batch
+closes, so such a write costs no task and no loop iteration and its answers leave
+with the same read burst. Every other write (`Sink.write`) is a task.
 The owner may also close an idle batch itself (`close_idle`) at the end of a burst of
 `add` calls, instead of one loop iteration later.
 """
@@ -27,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from collector.events import Event
@@ -68,11 +66,9 @@ class Batcher(Generic[T]):
         return len(self._items)
 
 
-# An item is (event, owner, position): the driver tells `on_result(owner, position,
-# result)` when the event's batch is written; `owner` is opaque (the worker's request).
-# An owner may instead take a whole batch at once: `on_results(items, results)`.
+# An item is (event, owner, position); `owner` is opaque (the core's request). When a
+# batch is written the driver hands it whole to `on_results(items, results)`.
 Item = tuple[Event, Any, int]
-OnResult = Callable[[Any, int, Result], None]
 OnResults = Callable[[list[Item], list[Result]], None]
 
 
@@ -82,19 +78,18 @@ class BatchDriver:
     def __init__(
         self,
         sink: Sink,
-        on_result: OnResult | None,
+        on_results: OnResults,
         *,
-        on_results: OnResults | None = None,
         batch_max: int,
         batch_ms: float,
         max_flushes: int,
         on_flushed: Callable[[int, float], None] | None = None,
     ) -> None:
-        if (on_result is None) == (on_results is None):
-            raise ValueError("give exactly one of on_result and on_results")
         self._sink = sink
-        self._eager = bool(getattr(sink, "eager", False))
-        self._on_result = on_result
+        # The synchronous fast path, for a sink that has one (see Sink.write_now).
+        self._write_now: Callable[[Sequence[Event]], list[Result] | None] | None = getattr(
+            sink, "write_now", None
+        )
         self._on_results = on_results
         self._batcher: Batcher[Item] = Batcher(batch_max)
         self._delay = batch_ms / 1000.0
@@ -165,17 +160,19 @@ class BatchDriver:
             self._next()
 
     def _start(self, batch: list[Item]) -> bool:
-        """Write a batch; True when it finished at once (an eager write that never waited)."""
-        coro = self._write(batch)
-        loop = self._loop or self._get_loop()
-        if self._eager:
+        """Write a batch; True when it finished at once (through `write_now`)."""
+        write_now = self._write_now
+        if write_now is not None:
+            loop = self._loop or self._get_loop()
+            started = loop.time()
             try:
-                waiting = coro.send(None)  # eager start: run until the first real wait
-            except StopIteration:
+                results = write_now([item[0] for item in batch])
+            except Exception as exc:  # a sink bug must not leave devices unanswered
+                results = _failed(batch, exc)
+            if results is not None:
+                self._deliver(batch, results, loop.time() - started)
                 return True
-            task = loop.create_task(_finish(coro, waiting))
-        else:
-            task = loop.create_task(coro)
+        task = (self._loop or self._get_loop()).create_task(self._write(batch))
         self._in_flight.add(task)
         task.add_done_callback(self._done)
         return False
@@ -186,7 +183,7 @@ class BatchDriver:
 
     def _next(self) -> None:
         """A write ended: start queued batches while there is room (a loop, not
-        recursion: eager writes that finish at once would otherwise nest one call per
+        recursion: writes that finish at once would otherwise nest one call per
         queued batch), then close the open batch if the store is idle."""
         while self._queued and len(self._in_flight) < self._max_flushes:
             self._start(self._queued.popleft())
@@ -199,27 +196,23 @@ class BatchDriver:
         events: Sequence[Event] = [item[0] for item in batch]
         try:
             results = await self._sink.write(events)
-            if len(results) != len(batch):
-                raise RuntimeError(f"sink returned {len(results)} results for {len(batch)}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a sink bug must not leave devices unanswered
-            failed = Result(Outcome.FAILED, f"store error: {type(exc).__name__}")
-            results = [failed] * len(batch)
+            results = _failed(batch, exc)
+        self._deliver(batch, results, loop.time() - started)
+
+    def _deliver(self, batch: list[Item], results: list[Result], seconds: float) -> None:
+        if len(results) != len(batch):
+            results = _failed(batch, RuntimeError(f"{len(results)} results for {len(batch)}"))
         self.pending -= len(batch)
-        # The owner's callbacks are guarded here, as a task would contain them: an eager
-        # write runs inside `add`/`close_idle`, and a bug in answering must not escape
-        # into the caller (half-way through adding another request's events).
+        # The owner's callback is guarded here, as a task would contain it: a write
+        # that finishes at once runs inside `add`/`close_idle`, and a bug in answering
+        # must not escape into the caller (half-way through adding another request).
         try:
             if self._on_flushed is not None:
-                self._on_flushed(len(batch), loop.time() - started)
-            if self._on_results is not None:
-                self._on_results(batch, results)
-            else:
-                on_result = self._on_result
-                assert on_result is not None
-                for (_event, owner, position), result in zip(batch, results, strict=True):
-                    on_result(owner, position, result)
+                self._on_flushed(len(batch), seconds)
+            self._on_results(batch, results)
         except Exception:
             log.exception("delivering a batch's results failed")
         finally:
@@ -227,35 +220,5 @@ class BatchDriver:
                 self._idle.set()
 
 
-async def _finish(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Run to its end a coroutine that was started by hand and is suspended on
-    `waiting` (a future, or None for a bare yield such as `asyncio.sleep(0)`).
-
-    The coroutine reads the future's outcome itself when resumed (that is how
-    `await future` works), so this only waits for it; a cancellation of this task
-    cancels the future, which the coroutine then sees as CancelledError.
-    """
-    while True:
-        if waiting is None:
-            await asyncio.sleep(0)
-        elif getattr(waiting, "_asyncio_future_blocking", None) is None:
-            # Not a future: what a Task does with such a yield (the write fails).
-            bad = RuntimeError(f"bad yield from a sink write: {waiting!r}")
-            try:
-                waiting = coro.throw(bad)
-            except StopIteration:
-                return
-            continue
-        else:
-            # What a Task does with a yielded future: take over the wait. The flag
-            # the coroutine's `await` set says "a future was yielded"; left set, the
-            # future refuses a second `await`.
-            waiting._asyncio_future_blocking = False
-            try:
-                await waiting
-            except BaseException:  # the outcome reaches `coro` through send() below
-                pass
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
+def _failed(batch: list[Item], exc: Exception) -> list[Result]:
+    return [Result(Outcome.FAILED, f"store error: {type(exc).__name__}")] * len(batch)

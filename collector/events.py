@@ -80,6 +80,7 @@ import orjson
 
 from coap.codes import Code
 from collector import senml
+from collector.errors import RequestError
 from collector.identity import Identity
 
 __all__ = [
@@ -131,7 +132,7 @@ class Limits:
 DEFAULT_LIMITS: Final = Limits()
 
 
-class EventError(Exception):
+class EventError(RequestError):
     """A request body the collector will not store; `code` is the CoAP answer."""
 
     code: int = Code.BAD_REQUEST

@@ -7,9 +7,8 @@ the batching it feeds; this module holds the routing table and the small resourc
 
 from __future__ import annotations
 
-import orjson
-
 import coap
+from collector.errors import NotAcceptable
 
 EVENTS = "events"
 HEALTH = "health"
@@ -54,22 +53,43 @@ WELL_KNOWN_CORE = coap.link_format(
 ).encode()
 
 
-def health_body(
-    healthy: bool, accept: int | None, budget: int, degraded: str | None = None
-) -> tuple[int, bytes]:
-    """The /health representation and its content format, within `budget` bytes.
+# What each readable resource can produce, preferred first (RFC 7252 §5.10.4: an
+# Accept naming anything else gets 4.06).
+PRODUCES: dict[str, tuple[int, ...]] = {
+    HEALTH: (int(coap.ContentFormat.JSON), int(coap.ContentFormat.CBOR)),
+    CORE: (int(coap.ContentFormat.LINK_FORMAT),),
+}
 
-    The response code already says healthy (2.05) or not (5.03); the body adds a
-    status word ("degraded: <why>" when the store works around a fault, such as a
-    spool taking the batches Elasticsearch cannot). It is CBOR when the client Accepts CBOR, else JSON, and left out when
-    it would make the response larger than the request (RFC 7252 §11.3).
-    """
-    word = ("ok" if degraded is None else f"degraded: {degraded}") if healthy else "unavailable"
-    status = {"status": word}
-    if accept == coap.ContentFormat.CBOR:
-        import cbor2
+# /health status: one small integer, one byte in JSON and in CBOR alike, so the
+# answer fits inside the smallest GET /health (11 bytes: header, Uri-Path "health")
+# within the amplification rule (RFC 7252 §11.3) even with Max-Age on a 5.03. The
+# response code says healthy (2.05) or not (5.03); the number says why.
+HEALTH_OK = 0  # the store takes events
+HEALTH_DEGRADED = 1  # the store is down, and events go to the local spool
+HEALTH_STORE_DOWN = 2  # the store is down: events get 5.03
+HEALTH_DRAINING = 3  # shutting down: new requests get 5.03
 
-        fmt, body = int(coap.ContentFormat.CBOR), cbor2.dumps(status)
-    else:
-        fmt, body = int(coap.ContentFormat.JSON), orjson.dumps(status)
-    return (fmt, body) if len(body) <= budget else (fmt, b"")
+HEALTH_WORDS = {
+    HEALTH_OK: "ok",
+    HEALTH_DEGRADED: "degraded: spooling",
+    HEALTH_STORE_DOWN: "store unavailable",
+    HEALTH_DRAINING: "draining",
+}
+
+
+def negotiate(resource: str, accept: int | None) -> int:
+    """The Content-Format to answer `resource` in. Raises NotAcceptable (4.06)."""
+    produced = PRODUCES[resource]
+    if accept is None:
+        return produced[0]
+    if accept not in produced:
+        names = " or ".join(map(str, produced))
+        raise NotAcceptable(f"Accept {accept} not available; this resource is {names}")
+    return accept
+
+
+def health_body(status: int, fmt: int) -> bytes:
+    """The /health representation in `fmt` (JSON or CBOR): the status number, one
+    byte either way (the digit in JSON; CBOR encodes 0-23 in its initial byte,
+    RFC 8949 §3.1)."""
+    return bytes((status,)) if fmt == coap.ContentFormat.CBOR else b"%d" % status

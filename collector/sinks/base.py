@@ -13,6 +13,8 @@ Outcomes:
   stored event stays as it was. Sinks compare `Event.reading()` and `Event.same_time`.
 - REJECTED: the store refused this event for a reason that retrying cannot fix
   (a mapping error); the request gets 4.00 with `reason`.
+- CONFLICT: an event with this id is stored with other content (a client `id`
+  reused); the request gets 4.09 with `reason`.
 - FAILED: the store could not take it now (down, overloaded, timed out); the
   request gets 5.03 with Max-Age and the device may retry.
 """
@@ -33,6 +35,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     REJECTED = "rejected"
+    CONFLICT = "conflict"
     FAILED = "failed"
 
     @property
@@ -63,11 +66,11 @@ class Sink(Protocol):
     event (FAILED for all when the store is down); `healthy` is a cheap probe used by
     GET /health and /readyz; `close` releases connections.
 
-    `eager` (optional, default False) says `write` may be started outside an asyncio
-    Task and run until its first wait right where the batch closes (in a loop callback,
-    or in whatever task closed it, such as a drain): it uses nothing that needs a
-    current task of its own (`asyncio.timeout`, aiohttp's timeouts do). The batch
-    driver then saves a task per batch, and a write that never waits answers at once.
+    `write_now(events) -> list[Result] | None` (optional) is the synchronous fast
+    path: a sink that can finish a write without waiting returns the results at once,
+    and None when it cannot (the driver then awaits `write`). The batch driver calls
+    it where the batch closes, which saves a task per batch and answers within the
+    same read burst.
     """
 
     name: str

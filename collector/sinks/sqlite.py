@@ -158,7 +158,6 @@ class SqliteSink:
     """
 
     name = "sqlite"
-    eager = True  # see Sink: no current task needed
 
     def __init__(
         self,

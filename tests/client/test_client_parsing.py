@@ -8,7 +8,7 @@ import asyncio
 import socket
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import coap
@@ -123,7 +123,7 @@ def test_endpoint_survives_any_datagram() -> None:
             st.binary(max_size=10),
         )
 
-        @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+        @settings(max_examples=300)
         @given(
             st.binary(max_size=40),
             header,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import coap
@@ -82,14 +82,12 @@ def _our_fields(
     )
 
 
-@settings(deadline=None)
 @given(_messages)
 def test_aiocoap_decodes_what_we_encode(message: Message) -> None:
     decoded = aiocoap.Message.decode(coap.encode(message))
     assert _aiocoap_fields(decoded) == _our_fields(message)
 
 
-@settings(deadline=None)
 @given(_messages)
 def test_we_decode_what_aiocoap_encodes(message: Message) -> None:
     theirs = aiocoap.Message(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import coap
@@ -11,13 +11,11 @@ from coap import Message, MessageFormatError
 from .strategies import messages
 
 
-@settings(deadline=None)
 @given(messages())
 def test_decode_inverts_encode(message: Message) -> None:
     assert coap.decode(coap.encode(message)) == message
 
 
-@settings(deadline=None)
 @given(messages())
 def test_encode_inverts_decode_on_canonical_bytes(message: Message) -> None:
     datagram = coap.encode(message)
@@ -34,7 +32,6 @@ def _decode_or_format_error(data: bytes) -> Message | None:
         return None
 
 
-@settings(deadline=None)
 @given(st.binary(max_size=300))
 @example(b"")
 @example(b"\x40\x01\x00\x01\xff")
@@ -50,7 +47,6 @@ def test_arbitrary_bytes_decode_or_raise_format_error(data: bytes) -> None:
         assert coap.encode(message) == data
 
 
-@settings(deadline=None)
 @given(messages(), st.data())
 def test_mutated_datagrams_decode_or_raise_format_error(
     message: Message, data: st.DataObject
@@ -73,7 +69,6 @@ def test_mutated_datagrams_decode_or_raise_format_error(
         assert coap.encode(decoded) == bytes(datagram)
 
 
-@settings(deadline=None)
 @given(st.integers(0, 2**64))
 def test_uint_round_trip_is_minimal(n: int) -> None:
     encoded = coap.encode_uint(n)
@@ -94,7 +89,6 @@ _wild_messages = st.builds(
 )
 
 
-@settings(deadline=None)
 @given(_wild_messages)
 def test_encode_returns_a_decodable_datagram_or_raises_format_error(message: Message) -> None:
     try:

@@ -4,7 +4,7 @@ Block, path helpers and link format."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import coap
@@ -280,7 +280,6 @@ def test_block_size_and_errors() -> None:
         Block.for_size(0, False, 100)
 
 
-@settings(deadline=None)
 @given(st.integers(0, (1 << 20) - 1), st.booleans(), st.integers(0, 6))
 def test_block_round_trip(num: int, more: bool, szx: int) -> None:
     block = Block(num, more, szx)

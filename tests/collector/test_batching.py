@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.batching import BatchDriver, Batcher
+from collector.batching import BatchDriver, Batcher, Item, OnResults
 from collector.events import Event
 from collector.sinks.base import STORED, Outcome, Result
 from collector.sinks.null import NullSink
@@ -52,6 +52,22 @@ def test_batches_preserve_every_item_in_order(items: list[int], size: int) -> No
     assert out == items
 
 
+def per_item(fn: object) -> OnResults:
+    """An on_results callback that hands each item's (owner, position, result) to fn."""
+
+    def on_results(items: list[Item], results: list[Result]) -> None:
+        for (_e, owner, position), result in zip(items, results, strict=True):
+            fn(owner, position, result)  # type: ignore[operator]
+
+    return on_results
+
+
+class AsyncOnly(NullSink):
+    """A real null sink without the synchronous fast path: every write is a task."""
+
+    write_now = None  # type: ignore[assignment]
+
+
 def _event(i: int) -> Event:
     return Event(
         id=f"id-{i}",
@@ -68,7 +84,7 @@ def _event(i: int) -> Event:
     )
 
 
-class RecordingSink(NullSink):
+class RecordingSink(AsyncOnly):
     """A real null sink that also remembers batch sizes and concurrency."""
 
     def __init__(self, delay: float = 0.0) -> None:
@@ -93,7 +109,7 @@ def test_driver_flushes_on_count_and_on_timer() -> None:
         results: list[tuple[object, int, Result]] = []
         driver = BatchDriver(
             sink,
-            lambda owner, pos, res: results.append((owner, pos, res)),
+            per_item(lambda owner, pos, res: results.append((owner, pos, res))),
             batch_max=4,
             batch_ms=20,
             max_flushes=2,
@@ -128,14 +144,18 @@ def test_driver_bounds_writes_in_flight() -> None:
 
 
 def test_a_sink_that_raises_fails_its_events_instead_of_hanging() -> None:
-    class Broken(NullSink):
+    class Broken(AsyncOnly):
         async def write(self, events: Sequence[Event]) -> list[Result]:
             raise RuntimeError("boom")
 
     async def scenario() -> list[Result]:
         got: list[Result] = []
         driver = BatchDriver(
-            Broken(), lambda o, p, r: got.append(r), batch_max=2, batch_ms=1, max_flushes=1
+            Broken(),
+            per_item(lambda o, p, r: got.append(r)),
+            batch_max=2,
+            batch_ms=1,
+            max_flushes=1,
         )
         driver.add(_event(1), None, 0)
         driver.add(_event(2), None, 1)
@@ -148,13 +168,17 @@ def test_a_sink_that_raises_fails_its_events_instead_of_hanging() -> None:
 
 
 def test_a_write_that_finishes_at_once_answers_inside_close_idle() -> None:
-    """Eager start: the null sink's write never waits, so its results are delivered
-    in the call that closed the batch, with no task and no loop iteration."""
+    """The null sink's write_now never waits, so its results are delivered in the
+    call that closed the batch, with no task and no loop iteration."""
 
     async def scenario() -> None:
         got: list[tuple[object, int]] = []
         driver = BatchDriver(
-            NullSink(), lambda o, p, r: got.append((o, p)), batch_max=10, batch_ms=5, max_flushes=1
+            NullSink(),
+            per_item(lambda o, p, r: got.append((o, p))),
+            batch_max=10,
+            batch_ms=5,
+            max_flushes=1,
         )
         driver.add(_event(1), "a", 0)
         driver.add(_event(2), "b", 0)
@@ -171,10 +195,10 @@ def test_a_write_that_finishes_at_once_answers_inside_close_idle() -> None:
 
 
 def test_a_write_that_waits_finishes_as_a_task_with_its_future_outcome() -> None:
-    """A write suspended on a future becomes a task; the future's result, or its
-    exception, reaches the sink's coroutine as if it had been a task from the start."""
+    """A write that waits is a task; the future's result, or its exception, reaches
+    the sink's coroutine, and each batch is judged by its own outcome."""
 
-    class Gated(NullSink):
+    class Gated(AsyncOnly):
         def __init__(self) -> None:
             self.gates: list[asyncio.Future[int]] = []
 
@@ -188,10 +212,11 @@ def test_a_write_that_waits_finishes_as_a_task_with_its_future_outcome() -> None
         sink = Gated()
         got: list[Result] = []
         driver = BatchDriver(
-            sink, lambda o, p, r: got.append(r), batch_max=1, batch_ms=5, max_flushes=2
+            sink, per_item(lambda o, p, r: got.append(r)), batch_max=1, batch_ms=5, max_flushes=2
         )
         driver.add(_event(1), None, 0)
         driver.add(_event(2), None, 0)
+        await asyncio.sleep(0)  # the tasks start
         assert len(sink.gates) == 2 and len(driver._in_flight) == 2 and got == []
         sink.gates[0].set_result(7)
         sink.gates[1].set_exception(RuntimeError("store fell over"))
@@ -207,7 +232,7 @@ def test_a_write_that_waits_finishes_as_a_task_with_its_future_outcome() -> None
 def test_cancelling_a_waiting_write_cancels_the_sink_coroutine() -> None:
     cancelled: list[bool] = []
 
-    class Hung(NullSink):
+    class Hung(AsyncOnly):
         async def write(self, events: Sequence[Event]) -> list[Result]:
             try:
                 await asyncio.get_running_loop().create_future()
@@ -234,8 +259,7 @@ def test_on_results_takes_each_written_batch_whole() -> None:
         got: list[tuple[list[object], list[Result]]] = []
         driver = BatchDriver(
             NullSink(),
-            None,
-            on_results=lambda items, results: got.append(([o for _e, o, _p in items], results)),
+            lambda items, results: got.append(([o for _e, o, _p in items], results)),
             batch_max=2,
             batch_ms=5,
             max_flushes=1,
@@ -250,56 +274,66 @@ def test_on_results_takes_each_written_batch_whole() -> None:
     assert got == [(["a", "b"], [STORED, STORED]), (["c"], [STORED])]
 
 
-def test_the_driver_needs_exactly_one_result_callback() -> None:
-    with pytest.raises(ValueError):
-        BatchDriver(NullSink(), None, batch_max=1, batch_ms=1, max_flushes=1)
-    with pytest.raises(ValueError):
-        BatchDriver(
-            NullSink(),
-            lambda *a: None,
-            on_results=lambda *a: None,
-            batch_max=1,
-            batch_ms=1,
-            max_flushes=1,
-        )
+def test_a_write_now_that_cannot_finish_falls_back_to_a_task() -> None:
+    """write_now returning None means "I would wait": the driver awaits write() in a
+    task, so what needs a current task (asyncio.timeout, aiohttp's timeouts, which
+    the Elasticsearch client uses) works, even when the batch closed in a plain loop
+    callback such as the worker's reader."""
 
+    class Sometimes(NullSink):
+        def write_now(self, events: Sequence[Event]) -> list[Result] | None:
+            return None
 
-@pytest.mark.parametrize("eager", [False, True])
-def test_only_eager_sinks_start_outside_a_task(eager: bool) -> None:
-    """asyncio.timeout (like aiohttp's timeouts, which the Elasticsearch client uses)
-    needs a current task: a sink that does not declare `eager` gets one from the start."""
-
-    class Timed(NullSink):
         async def write(self, events: Sequence[Event]) -> list[Result]:
             async with asyncio.timeout(1):
                 await asyncio.sleep(0)
-            return [STORED] * len(events)
-
-    Timed.eager = eager  # type: ignore[attr-defined]
+            return [Result(Outcome.DUPLICATE)] * len(events)
 
     async def scenario() -> list[Result]:
         got: list[Result] = []
         driver = BatchDriver(
-            Timed(), lambda o, p, r: got.append(r), batch_max=1, batch_ms=1, max_flushes=1
+            Sometimes(),
+            per_item(lambda o, p, r: got.append(r)),
+            batch_max=1,
+            batch_ms=1,
+            max_flushes=1,
         )
-        # From a plain loop callback, as the worker's reader adds: no current task.
         asyncio.get_running_loop().call_soon(driver.add, _event(1), None, 0)
         await asyncio.sleep(0)
         await asyncio.wait_for(driver.wait_idle(), 1.0)
         return got
 
     (result,) = asyncio.run(scenario())
-    if eager:  # started outside a task, as declared: the timeout refuses to work
-        assert result.outcome is Outcome.FAILED and "RuntimeError" in result.reason
-    else:
-        assert result is STORED
+    assert result.outcome is Outcome.DUPLICATE
+
+
+def test_a_write_now_that_raises_fails_its_events() -> None:
+    class Broken(NullSink):
+        def write_now(self, events: Sequence[Event]) -> list[Result]:
+            raise RuntimeError("boom")
+
+    async def scenario() -> list[Result]:
+        got: list[Result] = []
+        driver = BatchDriver(
+            Broken(),
+            per_item(lambda o, p, r: got.append(r)),
+            batch_max=1,
+            batch_ms=1,
+            max_flushes=1,
+        )
+        driver.add(_event(1), None, 0)
+        await asyncio.wait_for(driver.wait_idle(), 1.0)
+        return got
+
+    (result,) = asyncio.run(scenario())
+    assert result.outcome is Outcome.FAILED and "RuntimeError" in result.reason
 
 
 def test_many_queued_batches_finishing_at_once_do_not_recurse() -> None:
-    """One write waits; 1500 queue behind it and each finishes at once when started.
-    Starting them is a loop: every result arrives, none is stranded."""
+    """One write waits; 1500 batches queue behind it. When it finishes, the queued
+    ones start in a loop, not by recursion: every result arrives, none is stranded."""
 
-    class FirstWaits(NullSink):
+    class FirstWaits(AsyncOnly):
         def __init__(self) -> None:
             self.gate: asyncio.Future[None] | None = None
 
@@ -313,10 +347,11 @@ def test_many_queued_batches_finishing_at_once_do_not_recurse() -> None:
         sink = FirstWaits()
         got: list[Result] = []
         driver = BatchDriver(
-            sink, lambda o, p, r: got.append(r), batch_max=1, batch_ms=1, max_flushes=1
+            sink, per_item(lambda o, p, r: got.append(r)), batch_max=1, batch_ms=1, max_flushes=1
         )
         for i in range(1500):
             driver.add(_event(i), None, 0)
+        await asyncio.sleep(0)  # the first write starts and waits
         assert sink.gate is not None
         sink.gate.set_result(None)
         await asyncio.wait_for(driver.wait_idle(), 5.0)
@@ -327,16 +362,16 @@ def test_many_queued_batches_finishing_at_once_do_not_recurse() -> None:
 
 
 def test_a_raising_result_callback_is_contained(caplog: pytest.LogCaptureFixture) -> None:
-    """An eager write delivers results inside `add`: a bug in the owner's callback is
+    """A write_now delivers results inside `add`: a bug in the owner's callback is
     logged there and does not escape into the caller or stall the driver."""
 
-    def explode(owner: object, position: int, result: Result) -> None:
+    def explode(items: list[Item], results: list[Result]) -> None:
         raise ValueError("boom")
 
     async def scenario() -> int:
         driver = BatchDriver(NullSink(), explode, batch_max=1, batch_ms=1, max_flushes=1)
         for i in range(3):
-            driver.add(_event(i), None, i)  # each fills a batch, written eagerly
+            driver.add(_event(i), None, i)  # each fills a batch, written at once
         await asyncio.wait_for(driver.wait_idle(), 1.0)
         return driver.pending
 
@@ -344,12 +379,12 @@ def test_a_raising_result_callback_is_contained(caplog: pytest.LogCaptureFixture
     assert sum("delivering a batch's results failed" in r.message for r in caplog.records) == 3
 
 
-def test_a_write_that_yields_something_odd_fails_like_under_a_task() -> None:
+def test_a_write_that_yields_something_odd_fails_its_events() -> None:
     class Odd:
         def __await__(self):  # type: ignore[no-untyped-def]
             yield 42
 
-    class OddSink(NullSink):
+    class OddSink(AsyncOnly):
         async def write(self, events: Sequence[Event]) -> list[Result]:
             await Odd()
             return [STORED] * len(events)
@@ -357,7 +392,11 @@ def test_a_write_that_yields_something_odd_fails_like_under_a_task() -> None:
     async def scenario() -> list[Result]:
         got: list[Result] = []
         driver = BatchDriver(
-            OddSink(), lambda o, p, r: got.append(r), batch_max=1, batch_ms=1, max_flushes=1
+            OddSink(),
+            per_item(lambda o, p, r: got.append(r)),
+            batch_max=1,
+            batch_ms=1,
+            max_flushes=1,
         )
         driver.add(_event(1), None, 0)
         await asyncio.wait_for(driver.wait_idle(), 1.0)

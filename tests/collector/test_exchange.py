@@ -1,4 +1,4 @@
-"""The exchange layer's rules (RFC 7252 §4) on plain values: no sockets needed."""
+"""The exchange layer's rules (RFC 7252 §4) and response bytes on plain values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import coap
-from collector.exchange import ExchangeLayer, Request, build_response, empty, fit, header
+from collector.exchange import ExchangeLayer, Request
+from collector.responses import build_response, empty, fit, header
 
 PEER = ("127.0.0.1", 40000)
 
@@ -64,7 +65,7 @@ def test_fit_is_a_valid_prefix_within_budget(text: str, budget: int) -> None:
 def test_duplicate_of_answered_request_gets_the_same_bytes() -> None:
     layer, sent = make_layer()
     assert not layer.duplicate(PEER, 5, 30)
-    layer.remember((PEER, 5), 0.0, 30, b"response")
+    layer.remember((PEER, 5), "h", 0.0, 30, b"response")
     assert layer.duplicate(PEER, 5, 30)
     assert sent == [(b"response", PEER)]
 
@@ -73,7 +74,7 @@ def test_same_mid_with_another_length_is_dropped_not_answered_from_cache() -> No
     """Regression: a 4-byte datagram reusing a remembered MID drew the cached, larger
     response (amplification, RFC 7252 §11.3)."""
     layer, sent = make_layer()
-    layer.remember((PEER, 5), 0.0, 60, b"a response of some length")
+    layer.remember((PEER, 5), "h", 0.0, 60, b"a response of some length")
     assert layer.duplicate(PEER, 5, 4)
     assert sent == []
 
@@ -82,7 +83,7 @@ def test_duplicate_while_storing_is_absorbed_then_acked_once_separate() -> None:
     layer, sent = make_layer()
     req = Request(PEER, 9, b"t", 0, 30, 0.0)
     req.remaining = 1
-    layer.remember(req.key, 0.0, 30, req)
+    layer.remember(req.key, "h", 0.0, 30, req)
     layer.track(req)
     assert layer.duplicate(PEER, 9, 30)
     assert sent == []  # absorbed
@@ -96,7 +97,7 @@ def test_duplicate_while_storing_is_absorbed_then_acked_once_separate() -> None:
 def test_capacity_forgets_the_oldest_exchange_first() -> None:
     layer, _ = make_layer(capacity=3)
     for mid in range(5):
-        layer.remember((PEER, mid), float(mid), 10, b"r")
+        layer.remember((PEER, mid), "h", float(mid), 10, b"r")
     assert len(layer.seen) == 3
     assert not layer.duplicate(PEER, 0, 10)
     assert not layer.duplicate(PEER, 1, 10)
@@ -105,8 +106,8 @@ def test_capacity_forgets_the_oldest_exchange_first() -> None:
 
 def test_entries_expire_after_the_exchange_lifetime() -> None:
     layer, _ = make_layer(lifetime=10.0)
-    layer.remember((PEER, 1), 0.0, 10, b"r")
-    layer.remember((PEER, 2), 5.0, 10, b"r")
+    layer.remember((PEER, 1), "h", 0.0, 10, b"r")
+    layer.remember((PEER, 2), "h", 5.0, 10, b"r")
     layer.tick(10.5)
     assert (PEER, 1) not in layer.seen
     assert (PEER, 2) in layer.seen
@@ -137,4 +138,27 @@ def test_separate_response_gives_up_after_max_retransmit() -> None:
         now += 10.0
         layer.tick(now)
     assert len(sent) == 1 + coap.transmission.MAX_RETRANSMIT
-    assert layer.given_up == 1 and layer.outgoing == 0
+    assert layer.outgoing == 0
+
+
+def test_a_flood_from_one_address_evicts_only_its_own_entries() -> None:
+    """Regression: 1M unique (port, MID) pairs from one address evicted every
+    device's dedup entries, and an honest device's retransmission was stored twice."""
+    layer, sent = make_layer(capacity=100)
+    honest = ("10.0.0.2", 5683)
+    layer.remember((honest, 1), honest[0], 0.0, 30, b"honest answer")
+    for i in range(10_000):
+        attacker = ("10.0.0.1", 1024 + i % 60000)
+        layer.remember((attacker, i & 0xFFFF), attacker[0], 0.001 * i, 30, b"r")
+    assert len(layer.seen) == 100
+    assert layer.duplicate(honest, 1, 30)
+    assert sent[-1] == (b"honest answer", honest)
+
+
+def test_a_silent_answer_stays_silent_for_duplicates() -> None:
+    """No-Response (RFC 7967): an answer suppressed once is suppressed for the
+    retransmissions too, which are still recognised as duplicates."""
+    layer, sent = make_layer()
+    layer.remember((PEER, 3), "h", 0.0, 20, b"")
+    assert layer.duplicate(PEER, 3, 20)
+    assert sent == []

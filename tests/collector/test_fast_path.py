@@ -1,89 +1,49 @@
-"""The worker's fast path for plain event POSTs answers exactly as the decoder does.
+"""The core's fast path for plain event POSTs answers exactly as the decoder does.
 
-`Worker._handle` reads a CON/NON POST whose options are only an event route's Uri-Path
-and a Content-Format without the codec. These tests run the same datagrams through a
-worker with the fast path and one without it (an empty pattern table) and demand the
-same response bytes and the same stored events, for generated requests of the fast
-shape, near misses, and arbitrary bytes.
+`RequestCore.datagram` reads a CON/NON POST whose options are only an event route's
+Uri-Path and a Content-Format through `coap.RequestShapes`, without the decoder. These
+tests run the same datagrams through a core with the fast path and one without it
+and demand the same response bytes and the same stored events, for generated
+requests of the fast shape, near misses, and arbitrary bytes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import Iterator, Sequence
-
 import cbor2
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import coap
-from collector import worker as worker_module
+from collector import core as core_module
 from collector.config import Config
-from collector.events import Event
-from collector.sinks.base import Result
-from collector.sinks.null import NullSink
-from collector.worker import Worker
+from collector.core import RequestCore
+from collector.sinks.base import STORED
 
 PEER = ("127.0.0.1", 40000)
 WALL_MS = 1_700_000_000_000
 
 
-class RecordingSink(NullSink):
-    def __init__(self) -> None:
-        self.stored: list[Event] = []
-
-    async def write(self, events: Sequence[Event]) -> list[Result]:
-        self.stored.extend(events)
-        return await super().write(events)
-
-
-class RecordingWorker(Worker):
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(0, sock, Config(sink="null"), metrics=False, batched_io=False)
-        self.sent: list[bytes] = []
-        self.sink = self.driver._sink = RecordingSink()
-        self.exchange._next_mid = 1000  # NON responses number from here in both runs
-
-    def _send(self, data: bytes, peer: object) -> None:
-        self.sent.append(data)
+def _run(datagrams: list[bytes], fast: bool) -> tuple[list[bytes], list[dict[str, object]]]:
+    """Feed `datagrams` to a fresh core, store every event at once, and return what
+    it sent and the documents it stored."""
+    items: list = []
+    core = RequestCore(Config(sink="null"), lambda e, r, p: items.append((e, r, p)), fast_path=fast)
+    core.exchange._next_mid = 1000  # NON responses number from here in both runs
+    stored = []
+    for data in datagrams:
+        core.datagram(data, PEER, 5.0, WALL_MS)
+        batch, items[:] = list(items), []
+        if batch:
+            core.on_results(batch, [STORED] * len(batch), 5.0)
+            stored.extend(e.document() for e, _r, _p in batch)
+    return [d for d, _peer in core.outbox], stored
 
 
-@pytest.fixture(scope="module")
-def sock() -> Iterator[socket.socket]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        yield s
-
-
-def _run(sock: socket.socket, datagrams: list[bytes], fast: bool) -> tuple[list[bytes], list]:
-    async def scenario() -> tuple[list[bytes], list]:
-        w = RecordingWorker(sock)
-        loop = asyncio.get_running_loop()
-        w._loop = loop
-        w._now = lambda: 5.0
-        for data in datagrams:
-            w._handle(data, PEER, 5.0, WALL_MS)
-            w.driver.close_idle()
-        w.driver.flush()
-        await w.driver.wait_idle()
-        assert isinstance(w.sink, RecordingSink)
-        return w.sent, [e.document() for e in w.sink.stored]
-
-    saved = worker_module._FAST_POSTS
-    if not fast:
-        worker_module._FAST_POSTS = {}
-    try:
-        return asyncio.run(scenario())
-    finally:
-        worker_module._FAST_POSTS = saved
-
-
-def _same(sock: socket.socket, datagrams: list[bytes]) -> None:
-    fast = _run(sock, datagrams, fast=True)
-    slow = _run(sock, datagrams, fast=False)
+def _same(datagrams: list[bytes]) -> None:
+    fast = _run(datagrams, fast=True)
+    slow = _run(datagrams, fast=False)
     assert fast == slow
 
 
@@ -129,32 +89,22 @@ def requests(draw: st.DrawFn) -> bytes:
     return data
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300)
 @given(st.lists(requests(), min_size=1, max_size=4))
-def test_fast_path_answers_and_stores_like_the_decoder(
-    sock: socket.socket, datagrams: list[bytes]
-) -> None:
-    _same(sock, datagrams)
+def test_fast_path_answers_and_stores_like_the_decoder(datagrams: list[bytes]) -> None:
+    _same(datagrams)
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300)
 @given(st.binary(min_size=1, max_size=30), st.binary(max_size=30))
-def test_arbitrary_post_bytes_are_answered_like_the_decoder(
-    sock: socket.socket, middle: bytes, tail: bytes
-) -> None:
+def test_arbitrary_post_bytes_are_answered_like_the_decoder(middle: bytes, tail: bytes) -> None:
     # A POST header (CON, TKL 0) and arbitrary option/payload bytes after it, with a
     # fast-path key spliced in now and then so the near misses are exercised.
-    key = next(iter(worker_module._FAST_POSTS))
-    _same(sock, [b"\x40\x02\x12\x34" + middle + tail, b"\x40\x02\x12\x35" + key + middle + tail])
+    key = b"\xb6events"  # Uri-Path "events", no Content-Format
+    _same([b"\x40\x02\x12\x34" + middle + tail, b"\x40\x02\x12\x35" + key + middle + tail])
 
 
-def test_the_fast_path_is_taken_for_the_common_post(
-    sock: socket.socket, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_fast_path_is_taken_for_the_common_post(monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards the tests above: they compare two paths only if the fast one runs."""
     data = coap.encode(
         coap.Message(
@@ -170,7 +120,7 @@ def test_the_fast_path_is_taken_for_the_common_post(
     def no_decoder(*args: object, **kwargs: object) -> None:
         raise AssertionError("the decoder ran")
 
-    monkeypatch.setattr(worker_module, "decode", no_decoder)
-    sent, stored = _run(sock, [data], fast=True)
+    monkeypatch.setattr(core_module.coap, "decode", no_decoder)
+    sent, stored = _run([data], fast=True)
     assert sent == [bytes([0x62, 0x41, 0, 7]) + b"tk"]  # ACK 2.01, same MID and token
     assert len(stored) == 1 and stored[0]["origin"] == "o"

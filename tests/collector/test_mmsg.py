@@ -263,7 +263,7 @@ def test_bad_sizes_are_refused(kwargs: dict[str, int]) -> None:
 # -- properties ------------------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(st.lists(st.binary(max_size=1500), max_size=70), st.integers(1, 16))
 def test_any_payloads_round_trip_whole_or_reported_oversized(data: list[bytes], slots: int) -> None:
     slot_size = 512

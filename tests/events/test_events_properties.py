@@ -6,7 +6,7 @@ from typing import Any
 
 import cbor2
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from collector.events import Event, EventError, decode_events
@@ -61,7 +61,6 @@ def outcome(payload: bytes, content_format: int | None) -> list[Event] | EventEr
     return events
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300), st.sampled_from(FORMATS))
 def test_arbitrary_bytes(payload: bytes, content_format: int | None) -> None:
     outcome(payload, content_format)

@@ -201,7 +201,7 @@ def allowed_to_exceed(data: bytes, reply: Message) -> bool:
     max_examples=200,
     deadline=None,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.data_too_large],
 )
 @given(data=datagrams)
 def test_any_datagram_gets_a_bounded_answer_or_none(server: Collector, data: bytes) -> None:

@@ -145,7 +145,11 @@ def test_sigterm_under_load_drains_and_keeps_every_acknowledged_event(
     missing = set(created) - ids_stored(server.db, created)
     assert not missing, f"{len(missing)} events answered 2.01 are not in the database"
     codes = sum((x.codes for x in loaders), Counter())
-    assert set(codes) <= {"2.01"}, codes
+    # Requests that arrive while draining are told to come back later (5.03 with
+    # Max-Age); nothing else but 2.01 is answered.
+    assert set(codes) <= {"2.01", "5.03"}, codes
+    max_ages = {m for x in loaders for m in x.max_age}
+    assert None not in max_ages
     assert any(line.get("msg") == "stopped" for line in server.log_lines())
 
 
@@ -217,7 +221,9 @@ def test_overload_gets_503_with_max_age_and_loses_nothing_acknowledged(
     assert refused == 8 * 150 - 20
     codes = sum((x.codes for x in loaders), Counter())
     assert codes == Counter({"5.03": 8 * 150 - 20, "2.01": 20}), codes
-    assert set().union(*(x.max_age for x in loaders)) == {1}
+    # MAX_AGE_OVERLOADED (1 s), jittered up to twice that so a fleet does not retry
+    # in lock-step.
+    assert set().union(*(x.max_age for x in loaders)) <= {1, 2}
     created = [i for x in loaders for i in x.created]
     assert len(ids_stored(server.db, created)) == 20
     assert row_count(server.db) == 20  # nothing refused was stored

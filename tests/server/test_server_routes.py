@@ -186,27 +186,32 @@ def test_health_is_content(client: CoapClient, type_: Type) -> None:
     msg = client.build(Code.GET, "health", type_=type_, token=b"12345678")
     _raw, reply = ask(client, msg)
     assert reply.code == Code.CONTENT
-    if reply.payload:  # only when it fits in the request's size
-        assert reply.content_format == ContentFormat.JSON
-        assert json.loads(reply.payload) == {"status": "ok"}
+    assert reply.content_format == ContentFormat.JSON
+    assert json.loads(reply.payload) == 0  # HEALTH_OK
+
+
+def test_health_reads_its_status_even_in_the_smallest_request(client: CoapClient) -> None:
+    """Regression: the status body was dropped whenever it was larger than the
+    request, so every real GET /health read empty. The status is one byte now, and
+    fits the smallest GET /health (no token, no other option) within RFC 7252 §11.3."""
+    msg = client.build(Code.GET, "health", token=b"")
+    raw, reply = ask(client, msg)
+    assert reply.code == Code.CONTENT
+    assert reply.payload == b"0"
+    assert len(raw) <= len(coap.encode(msg))
 
 
 def test_health_body_is_cbor_when_accepted(client: CoapClient) -> None:
-    # A request large enough for the body: a 8-byte token and a long-ish If-None-Match-free
-    # elective option (Uri-Query, which /health ignores) to make room.
     msg = client.build(
         Code.GET,
         "health",
-        token=b"abcdefgh",
-        options=(
-            (int(OptionNumber.URI_QUERY), b"x" * 30),
-            (int(OptionNumber.ACCEPT), coap.encode_uint(ContentFormat.CBOR)),
-        ),
+        token=b"",
+        options=((int(OptionNumber.ACCEPT), coap.encode_uint(ContentFormat.CBOR)),),
     )
     raw, reply = ask(client, msg)
     assert reply.code == Code.CONTENT
     assert reply.content_format == ContentFormat.CBOR
-    assert cbor2.loads(reply.payload) == {"status": "ok"}
+    assert cbor2.loads(reply.payload) == 0
     assert len(raw) <= len(coap.encode(msg))
 
 
