@@ -19,6 +19,7 @@ from typing import TextIO
 
 from coap import Code
 from coap.transmission import TransmissionParameters
+from collector.resources import HEALTH_WORDS
 
 from . import payloads
 from .endpoint import ClientEndpoint, RequestError, Response
@@ -225,13 +226,19 @@ async def _get(config: ClientConfig, path: str, out: TextIO) -> tuple[int, Respo
 
 
 async def run_healthcheck(config: ClientConfig, out: TextIO) -> int:
-    """GET /health; prints ``GET /health -> 2.05 {...}``; 0 only when healthy."""
+    """GET /health; prints ``GET /health -> 2.05 0 (ok)``; 0 only when healthy.
+
+    The collector's status is one number (see `collector.resources`): the word it
+    stands for follows it. Other servers' bodies are printed as they come."""
     code, response = await _get(config, "/health", out)
     if response is not None and not config.silent:
         line = format_answer("GET", "/health", response)
         body = describe_payload(response)
         if body and "--" not in line:
             line += " " + body
+            word = HEALTH_WORDS.get(int(body)) if body.isdigit() else None
+            if word is not None:
+                line += f" ({word})"
         emit(line, out)
     return code
 

@@ -122,7 +122,7 @@ def test_send_string_and_bool_values(collector: Collector) -> None:
 def test_healthcheck_against_the_collector(collector: Collector) -> None:
     result = run_cli("-P", str(collector.port), "healthcheck")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("GET /health -> 2.05")
+    assert result.stdout.strip() == "GET /health -> 2.05 0 (ok)"
 
 
 def test_bad_event_exits_1_with_the_collectors_diagnostic(collector: Collector) -> None:
