@@ -374,10 +374,10 @@ class RequestCore:
                 payload, source, mid, wall_ms, self.worker, self.limits, identity
             )
         else:
+            sender: str | None = None
+            namespace: str | None = None
             if fmt in _SENML_FORMATS and msg is not None:  # SenML has no sender: `?sender=`
                 sender, namespace = _senml_defaults(msg)
-            else:
-                sender, namespace = "senml", "default"
             events = decode_events(
                 payload,
                 fmt,
@@ -570,14 +570,16 @@ def _label(msg: coap.Message) -> tuple[str, str]:
     )
 
 
-def _senml_defaults(msg: coap.Message) -> tuple[str, str]:
-    """Sender and namespace for SenML events, from Uri-Query `sender=` / `namespace=`.
+def _senml_defaults(msg: coap.Message) -> tuple[str | None, str | None]:
+    """Sender and namespace for SenML events, from Uri-Query `sender=` / `namespace=`
+    (None when the query has none: decoding then takes the identity's, or `senml` and
+    `default` on plain CoAP).
 
     SenML (RFC 8428) records carry no sender, so a device names itself in the query:
     `coap://collector/events?sender=dev-17`. Raises InvalidEvent for an empty or long
     one, or one with a control character.
     """
-    found = {"sender": "senml", "namespace": "default"}
+    found: dict[str, str | None] = {"sender": None, "namespace": None}
     for number, value in msg.options:
         if number != _URI_QUERY:
             continue

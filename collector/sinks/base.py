@@ -13,8 +13,6 @@ Outcomes:
   stored event stays as it was. Sinks compare `Event.reading()` and `Event.same_time`.
 - REJECTED: the store refused this event for a reason that retrying cannot fix
   (a mapping error); the request gets 4.00 with `reason`.
-- CONFLICT: an event with this id is stored with other content (a client `id`
-  reused); the request gets 4.09 with `reason`.
 - FAILED: the store could not take it now (down, overloaded, timed out); the
   request gets 5.03 with Max-Age and the device may retry.
 """
@@ -35,7 +33,6 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     REJECTED = "rejected"
-    CONFLICT = "conflict"
     FAILED = "failed"
 
     @property

@@ -212,7 +212,7 @@ def test_no_response_suppresses_the_classes_a_non_request_asks_to_suppress(
         )
         assert reply.code == Code.CREATED
     for ev in (stored_quietly, answered):
-        assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+        assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
 
 
 # --- fair shares --------------------------------------------------------------------------
@@ -283,4 +283,4 @@ def test_drain_reads_acks_and_exits_as_soon_as_nothing_is_owed(
         assert client.recv_raw(0.2) is None  # the ACKed response was not sent again
     assert code == 0
     assert exited_after < 3.0, f"exit {exited_after:.2f} s after the last ACK"
-    assert row_count(server.db, "id = ?", (ev["id"],)) == 1
+    assert row_count(server.db, "client_id = ?", (ev["id"],)) == 1
