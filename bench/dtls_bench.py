@@ -318,6 +318,8 @@ def load(args: argparse.Namespace) -> tuple[list[Row], float, float]:
                 lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
                 cpu / len(lat) * 1e6,
             ))  # fmt: skip
+        if args.scandium and SCANDIUM_JAR.exists():
+            rows.append(_scandium(args))
         cpu0 = _cpu_seconds(worker)
         counts = _run_procs(_handshaker, [(coaps_port, args.handshake_duration, 16)] * args.procs)
         cpu = _cpu_seconds(worker) - cpu0
@@ -330,6 +332,43 @@ def load(args: argparse.Namespace) -> tuple[list[Row], float, float]:
         except subprocess.TimeoutExpired:
             proc.kill()
     return rows, handshakes, handshake_us
+
+
+SCANDIUM_JAR = REPO / "bench" / "peers" / "scandium" / "target" / "sc-peer.jar"
+
+
+def _scandium(args: argparse.Namespace) -> Row:
+    """The same DTLS generator against Californium's Scandium server (2.01 to POST
+    /events; its threads and receive buffer as its docs advise: see ScPeer.java)."""
+    port = _free()
+    java = subprocess.Popen(
+        ["java", "-jar", str(SCANDIUM_JAR), "server", str(port), IDENTITY, KEY.decode()],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert java.stdout is not None
+        java.stdout.readline()  # "serving"
+        per_proc = max(1, args.devices // args.procs)
+        # A warm-up run first: the JIT compiles the hot path in its first seconds.
+        _run_procs(_generator, [(port, True, per_proc, args.window, 5.0)] * args.procs)
+        cpu0 = _cpu_seconds(java.pid)
+        parts = _run_procs(
+            _generator, [(port, True, per_proc, args.window, args.duration)] * args.procs
+        )
+        cpu = _cpu_seconds(java.pid) - cpu0
+    finally:
+        java.kill()
+        java.wait()
+    lat = sorted(x for part in parts for x in part)
+    if not lat:
+        return ("Scandium DTLS server", 0.0, float("nan"), float("nan"), float("nan"))
+    return (
+        f"Scandium DTLS server (all {os.cpu_count()} cores)",
+        len(lat) / args.duration,
+        lat[len(lat) // 2] * 1e3,
+        lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3,
+        cpu / len(lat) * 1e6,
+    )
 
 
 def _free() -> int:
@@ -348,6 +387,9 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=32)
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--backend", default="openssl", choices=("openssl", "mbedtls"))
+    parser.add_argument(
+        "--scandium", action="store_true", help="load: also run against Scandium's server"
+    )
     parser.add_argument("--procs", type=int, default=max(1, min(4, (os.cpu_count() or 2) - 1)))
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs; generator processes: {args.procs}")

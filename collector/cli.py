@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -161,11 +162,24 @@ def _serve(config: Config) -> int:
     setup_logging(config.log_level)
     # The port first: a second instance on a served port must fail at once, not after
     # waiting for the store (and it keeps the port while it waits).
+    socks: list[socket.socket] = []
+    dtls_socks: list[socket.socket] = []
     try:
-        socks = bind_group(
-            config.host, config.port, config.workers, config.rcvbuf, share=config.share_port
-        )
+        if config.plain_enabled:
+            socks = bind_group(
+                config.host, config.port, config.workers, config.rcvbuf, share=config.share_port
+            )
+        if config.dtls_enabled:  # coaps (issue 15): its own SO_REUSEPORT group
+            dtls_socks = bind_group(
+                config.host,
+                config.coaps_port,
+                config.workers,
+                config.rcvbuf,
+                share=config.share_port,
+            )
     except BindError as exc:
+        for sock in socks:
+            sock.close()
         print(f"iot-collector: {exc}", file=sys.stderr)
         return EXIT_BIND
     try:
@@ -174,14 +188,14 @@ def _serve(config: Config) -> int:
         except StoreUnavailable as exc:
             print(f"iot-collector: store unavailable: {exc}", file=sys.stderr)
             return EXIT_STORE_UNAVAILABLE
-        supervisor = Supervisor(config, socks)
+        supervisor = Supervisor(config, socks, dtls_socks=dtls_socks)
         supervisor.install_signal_handlers()
         return supervisor.run()
     except BindError as exc:
         print(f"iot-collector: {exc}", file=sys.stderr)
         return EXIT_BIND
     finally:
-        for sock in socks:
+        for sock in (*socks, *dtls_socks):
             sock.close()
 
 

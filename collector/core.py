@@ -31,7 +31,7 @@ import coap
 from collector import resources
 from collector.blockwise import Reassembly, block2
 from collector.config import Config, event_limits
-from collector.errors import PreconditionFailed, RequestError, Unavailable
+from collector.errors import PreconditionFailed, RequestError, TooManyRequests, Unavailable
 from collector.events import (
     Event,
     Limits,
@@ -42,6 +42,7 @@ from collector.events import (
 from collector.exchange import ExchangeLayer, Peer, Request
 from collector.identity import Identity
 from collector.metrics import WorkerStats
+from collector.ratelimit import RateLimiter
 from collector.responses import build_response, empty, header
 from collector.sinks.base import STORED, Outcome, Result
 
@@ -146,6 +147,8 @@ class RequestCore:
         # access log (--access-log). None on the fast path of production.
         self.access: Callable[[Peer, int, int], None] | None = None
         self._sources: dict[Peer, str] = {}  # peer -> "host:port", the events' source
+        # --rate-limit (issue 15): a bucket per owner, i.e. identity or source address.
+        self.limiter = RateLimiter(config.rate_limit) if config.rate_limit else None
 
     # -- what the shell calls ----------------------------------------------------------
 
@@ -390,6 +393,13 @@ class RequestCore:
                 default_namespace=namespace,
                 identity=identity,
             )
+        if self.limiter is not None:
+            wait = self.limiter.check(owner, len(events), now)
+            if wait:
+                self.stats.rate_limited += 1
+                raise TooManyRequests(
+                    "rate limit exceeded", options=((_MAX_AGE, coap.encode_uint(wait)),)
+                )
         # Over max-pending: 5.03 at once. A request larger than max-pending itself is
         # still taken when nothing waits, or it could never be accepted.
         pending = self.pending

@@ -122,6 +122,7 @@ class WorkerStats:
         self.duplicates = 0
         self.overloaded = 0
         self.retransmissions = 0  # separate responses the worker itself sent again
+        self.rate_limited = 0  # requests answered 4.29 (--rate-limit), both transports
         self.latency = LocalHistogram(LATENCY_BUCKETS)
         self.flush_seconds = LocalHistogram(LATENCY_BUCKETS)
         self.batch_size = LocalHistogram(tuple(float(b) for b in BATCH_BUCKETS))
@@ -173,6 +174,11 @@ class PrometheusMetrics:
             "Requests answered 5.03 because max-pending events were waiting",
             registry=None,
         )
+        self.rate_limited = Counter(
+            "iot_collector_rate_limited",
+            "Requests answered 4.29 Too Many Requests (--rate-limit)",
+            registry=None,
+        )
         self.retransmissions = Counter(
             "iot_collector_separate_response_retransmissions",
             "The collector's own resends of separate CON responses for want of an ACK",
@@ -217,7 +223,7 @@ class PrometheusMetrics:
         stats.requests.clear()
         if not stats.attached:
             stats.attach_events({o: self.events.labels(o) for o in _OUTCOMES})
-        for attr in ("malformed", "duplicates", "overloaded", "retransmissions"):
+        for attr in ("malformed", "duplicates", "overloaded", "retransmissions", "rate_limited"):
             count = getattr(stats, attr)
             if count:
                 getattr(self, attr).inc(count)

@@ -183,9 +183,13 @@ class Supervisor:
         *,
         signals: queue.SimpleQueue[int] | None = None,
         worker_main: Callable[[int, socket.socket, Config, StatusBoard], int] | None = None,
+        dtls_socks: list[socket.socket] | None = None,
     ) -> None:
         self.config = config
+        # Plain CoAP's group (empty when --plain is off) and the coaps group (issue
+        # 15): worker i owns socket i of each, for the same reason as above.
         self.socks = socks
+        self.dtls_socks = dtls_socks or []
         self.status = StatusBoard(config.workers)
         self.signals: queue.SimpleQueue[int] = (
             signals if signals is not None else queue.SimpleQueue()
@@ -211,7 +215,7 @@ class Supervisor:
         def record(signum: int, _frame: object) -> None:
             self.signals.put(signum)
 
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, record)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
@@ -232,6 +236,9 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
+                # SIGHUP (a PSK reload, forwarded) must not kill a worker that has no
+                # handler of its own yet; the coaps shell installs one.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 # A worker whose supervisor is gone drains and exits, rather than serve
                 # the port headless and join a new collector's SO_REUSEPORT group.
                 _set_parent_death_signal(signal.SIGTERM)
@@ -243,16 +250,19 @@ class Supervisor:
                     self._http.close_in_child()
                 if self._selector is not None:
                     self._selector.close()  # the child's copy; the supervisor's set stays
-                for i, sock in enumerate(self.socks):
-                    if i != index:
-                        sock.close()
+                for group in (self.socks, self.dtls_socks):
+                    for i, sock in enumerate(group):
+                        if i != index:
+                            sock.close()
+                plain = self.socks[index] if self.socks else None
                 if self._worker_main is not None:
                     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-                    code = self._worker_main(index, self.socks[index], self.config, self.status)
+                    code = self._worker_main(index, plain, self.config, self.status)  # type: ignore[arg-type]
                 else:
                     from collector.worker import serve_forever
 
-                    code = serve_forever(index, self.socks[index], self.config, self.status)
+                    dtls = self.dtls_socks[index] if self.dtls_socks else None
+                    code = serve_forever(index, plain, self.config, self.status, dtls)
             except BaseException:
                 log.exception("worker crashed", extra={"worker": index})
             finally:
@@ -396,12 +406,16 @@ class Supervisor:
                 self._restart_due()
                 if not announced and self.ready():
                     announced = True
-                    host, port = self.socks[0].getsockname()[:2]
+                    first = (self.socks or self.dtls_socks)[0]
+                    host, port = first.getsockname()[:2]
                     log.info(
                         "serving",
                         extra={
                             "host": host,
-                            "port": port,
+                            "port": port if self.socks else None,
+                            "coaps_port": (
+                                self.dtls_socks[0].getsockname()[1] if self.dtls_socks else None
+                            ),
                             "workers": self.config.workers,
                             "sink": self.config.sink,
                         },
@@ -420,6 +434,14 @@ class Supervisor:
             except queue.Empty:
                 return
             if signum == signal.SIGCHLD:
+                continue
+            if signum == signal.SIGHUP:
+                # Reload the PSK file: each worker reads it again itself (the keys
+                # never pass through the supervisor).
+                if self.dtls_socks and self._stopping_since is None:
+                    log.info("reloading psk file")
+                    for pid in list(self.pids):
+                        self._signal(pid, signal.SIGHUP)
                 continue
             if self._stopping_since is None:
                 self._stopping_since = time.monotonic()
@@ -448,7 +470,7 @@ class Supervisor:
             self._http.close()
         if self._selector is not None:
             self._selector.close()
-        for sock in self.socks:
+        for sock in (*self.socks, *self.dtls_socks):
             sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

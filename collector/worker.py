@@ -30,6 +30,7 @@ import logging
 import signal
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -42,6 +43,9 @@ from collector.exits import EXIT_DRAIN_INCOMPLETE, EXIT_OK, EXIT_STORE_UNAVAILAB
 from collector.metrics import PrometheusMetrics, WorkerStats
 from collector.sinks import Result, StoreUnavailable, make_sink
 from collector.status import DRAINING, SERVING, STOPPED, STORE_DOWN, StatusBoard
+
+if TYPE_CHECKING:
+    from collector.coaps import DtlsShell
 
 log = logging.getLogger("collector.worker")
 
@@ -56,12 +60,13 @@ class Worker:
     def __init__(
         self,
         index: int,
-        sock: socket.socket,
+        sock: socket.socket | None,
         config: Config,
         status: StatusBoard | None = None,
         *,
         metrics: bool = True,
         batched_io: bool = True,
+        dtls_sock: socket.socket | None = None,
     ) -> None:
         self.index = index
         self.sock = sock
@@ -74,7 +79,7 @@ class Worker:
         # The slots are an anonymous mmap: only pages the kernel writes become resident.
         self._batch = (
             mmsg.DatagramBatch(sock, slot_size=MAX_DATAGRAM)
-            if batched_io and mmsg.available()
+            if sock is not None and batched_io and mmsg.available()
             else None
         )
         self.driver = BatchDriver(
@@ -86,6 +91,12 @@ class Worker:
             on_flushed=self._on_flushed,
         )
         self.core = RequestCore(config, self.driver.add, worker=index, stats=self.stats)
+        # coaps (issue 15): a second shell, core and driver on the same sink and stats.
+        self.dtls: DtlsShell | None = None
+        if dtls_sock is not None:
+            from collector.coaps import DtlsShell
+
+            self.dtls = DtlsShell(index, dtls_sock, config, self.sink, self.stats, metrics=metrics)
         if config.access_log:
             self.core.access = self._access
         self._in_burst = False  # in a read burst, which flushes the outbox at its end
@@ -96,6 +107,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._now = time.monotonic  # the loop's clock, once running
         self._stop: asyncio.Event | None = None
+        self._drain_deadline = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -119,17 +131,27 @@ class Worker:
             return EXIT_STORE_UNAVAILABLE
         if self._with_metrics:
             self._metrics = PrometheusMetrics(self.index)
-        fd = self.sock.fileno()
-        loop.add_reader(fd, self._on_readable)
+        fd = self.sock.fileno() if self.sock is not None else None  # None: --plain off
+        if fd is not None:
+            loop.add_reader(fd, self._on_readable)
+        if self.dtls is not None:
+            self.dtls.start(loop)
         self._set_status(SERVING)
         log.debug("worker serving", extra={"worker": self.index})
         ticker = loop.create_task(self._tick_loop())
         await self._stop.wait()
         self.stopping = True
         self.core.drain()
+        if self.dtls is not None:
+            self.dtls.drain()
         self._set_status(DRAINING)
         code = await self._drain(loop)
-        loop.remove_reader(fd)
+        if self.dtls is not None and not await self.dtls.finish(self._drain_deadline):
+            code = EXIT_DRAIN_INCOMPLETE
+        if fd is not None:
+            loop.remove_reader(fd)
+        if self.dtls is not None:
+            self.dtls.close()
         self._flush_outbox()
         ticker.cancel()
         self._publish()
@@ -144,7 +166,7 @@ class Worker:
     async def _drain(self, loop: asyncio.AbstractEventLoop) -> int:
         """Flush and answer everything held, reading on (ACKs of separate responses,
         duplicates, and new requests, which get 5.03); done when nothing is owed."""
-        deadline = loop.time() + self.config.drain_timeout
+        deadline = self._drain_deadline = loop.time() + self.config.drain_timeout
         self.driver.flush()
         self._flush_outbox()
         try:
@@ -221,6 +243,7 @@ class Worker:
             except OSError:  # UDP: what did not go is retransmitted by the peer
                 pass
             return
+        assert self.sock is not None  # an outbox comes from reading the socket
         send = self.sock.sendto
         for data, peer in outbox:
             try:
@@ -249,6 +272,7 @@ class Worker:
             self._flush_outbox()
 
     def _read_single(self, now: float, wall_ms: int) -> None:
+        assert self.sock is not None
         recv = self.sock.recvfrom
         datagram = self.core.datagram
         for _ in range(READ_BURST):
@@ -299,7 +323,11 @@ class Worker:
 
 
 def serve_forever(
-    index: int, sock: socket.socket, config: Config, status: StatusBoard | None
+    index: int,
+    sock: socket.socket | None,
+    config: Config,
+    status: StatusBoard | None,
+    dtls_sock: socket.socket | None = None,
 ) -> int:
     """Run one worker on a fresh uvloop loop (the worker process's main)."""
     # The dedup cache holds up to --dedup-capacity live entries; the cyclic GC would
@@ -312,7 +340,9 @@ def serve_forever(
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        worker = Worker(index, sock, config, status, metrics=bool(config.metrics_port))
+        worker = Worker(
+            index, sock, config, status, metrics=bool(config.metrics_port), dtls_sock=dtls_sock
+        )
         return loop.run_until_complete(worker.run())
     finally:
         loop.close()
