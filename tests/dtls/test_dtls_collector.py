@@ -69,6 +69,7 @@ def test_libcoap_right_key_stores_as_the_identity_wrong_key_stores_nothing(
     assert _wait_rows(server.db, 1) == 1
     [row] = rows(server.db)
     assert (row["sender"], row["namespace"]) == ("dev-17", "lab")
+    assert row["identity"] == "dev-17"  # stored as authenticated, and as whom
     # Wrong key, unknown identity: no session, no answer, nothing stored.
     for identity, secret in (("dev-17", "not the key"), ("nobody", key)):
         out = libcoap(
@@ -324,3 +325,38 @@ def test_scandium_client_posts_over_coaps(coaps_collector) -> None:
     )  # fmt: skip
     assert done.stdout.startswith("2.01"), done.stdout + done.stderr
     assert row_count(server.db) == 1
+
+
+def test_dtls_metrics_count_handshakes_sessions_rejections_and_4_29(coaps_collector) -> None:
+    import urllib.request
+
+    from tests.server.conftest import free_tcp_port
+
+    metrics_port = free_tcp_port()
+    _server, port = coaps_collector(
+        metrics_host="127.0.0.1", metrics_port=metrics_port, rate_limit="1:1"
+    )
+    with DtlsUdpClient(port) as good, DtlsUdpClient(port, "dev-17", "wrong key!!") as bad:
+        assert good.handshake()
+        assert not bad.handshake(timeout=2.0)
+        assert (good.post(event_body()) or Message(Type.ACK, 0, 0)).code == Code.CREATED
+        assert (good.post(event_body()) or Message(Type.ACK, 0, 0)).code == Code.TOO_MANY_REQUESTS
+        want = (
+            'iot_collector_dtls_handshakes_total{outcome="ok"} 1.0',
+            'iot_collector_auth_rejections_total{reason="bad_key"} 1.0',
+            'iot_collector_dtls_sessions{worker="0"} 1.0',
+            "iot_collector_rate_limited_total 1.0",
+        )
+        deadline = time.monotonic() + 10
+        text = ""
+        while time.monotonic() < deadline:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            if all(line in text for line in want):
+                break
+            time.sleep(0.3)
+        missing = [line for line in want if line not in text]
+        assert not missing, "\n".join(
+            line for line in text.splitlines() if "dtls" in line or "auth" in line or "rate" in line
+        )
