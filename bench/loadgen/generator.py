@@ -63,6 +63,11 @@ _SENT, _ANSWERED, _OK, _TIMEOUTS, _RETRANS, _LAG, _NFIELDS = range(7)
 MAX_SEQ_PER_DEVICE = 60_000  # stay clear of a 16-bit MID wrap within one run
 TIMELINE_HZ = 10  # answers are counted per 1/TIMELINE_HZ s
 _SWEEP_S = 0.002  # how often the open loop sweeps retransmission and timeout ranges
+# Open loop: a wait shorter than this is slept without watching the sockets, and the
+# answers that came meanwhile are read in one go. An answer's time is then when it was
+# read, up to this much after it arrived (0.5 ms against a 25 ms p99 bound), but a busy
+# generator stops paying a wake-up (select, epoll, recvmmsg) per answer.
+_WATCH_S = 0.0005
 
 # request states of the open loop (one byte each)
 _UNSENT, _PENDING, _EMPTY_ACKED, _ANSWERED_STATE, _GIVEN_UP = range(5)
@@ -322,6 +327,7 @@ def _open_loop(
     poll = devs.ep.poll
     epfd = [devs.ep.fileno()]
     sel = select.select
+    sleep = time.sleep
     mono = time.monotonic
     tick = spec.tick
     timeout = spec.timeout
@@ -463,12 +469,16 @@ def _open_loop(
             wait = tick
         if wait >= 0.002:
             events = poll(math.floor(wait * 1000.0) / 1000.0)
-        elif wait > 0:
+        elif wait >= _WATCH_S:
             r, _, _ = sel(epfd, [], [], wait)
             if not r:
                 continue
             events = poll(0)
         else:
+            # a short wait (a high rate): sleep it out without watching the sockets, then
+            # read everything that came meanwhile, rather than waking for every answer
+            if wait > 0:
+                sleep(wait)
             events = poll(0)
         for fd, _ev in events:
             dev = fd2dev[fd]
