@@ -79,6 +79,19 @@ class LocalHistogram:
         return counts, total
 
 
+class UnobservedHistogram(LocalHistogram):
+    """A LocalHistogram that keeps nothing: a worker without metrics (--metrics-port 0)
+    pays one empty call per observation instead of a bisect and two additions."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    def observe(self, value: float) -> None:
+        """Discard `value`."""
+
+
 _OUTCOMES = ("stored", "duplicate", "rejected", "failed")
 
 
@@ -111,7 +124,8 @@ class WorkerStats:
     events_rejected = _event_count("rejected")
     events_failed = _event_count("failed")
 
-    def __init__(self) -> None:
+    def __init__(self, histograms: bool = True) -> None:
+        """`histograms` False (metrics off) makes the histograms keep nothing."""
         self.requests: Tally[tuple[str, str, str]] = Tally()
         self._event_children: dict[str, Any] = {}
         self._events_stored = 0
@@ -123,9 +137,12 @@ class WorkerStats:
         self.overloaded = 0
         self.retransmissions = 0  # separate responses the worker itself sent again
         self.rate_limited = 0  # requests answered 4.29 (--rate-limit), both transports
-        self.latency = LocalHistogram(LATENCY_BUCKETS)
-        self.flush_seconds = LocalHistogram(LATENCY_BUCKETS)
-        self.batch_size = LocalHistogram(tuple(float(b) for b in BATCH_BUCKETS))
+        if histograms:
+            self.latency = LocalHistogram(LATENCY_BUCKETS)
+            self.flush_seconds = LocalHistogram(LATENCY_BUCKETS)
+            self.batch_size = LocalHistogram(tuple(float(b) for b in BATCH_BUCKETS))
+        else:
+            self.latency = self.flush_seconds = self.batch_size = UnobservedHistogram()
 
     @property
     def attached(self) -> bool:

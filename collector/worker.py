@@ -72,7 +72,7 @@ class Worker:
         self.sock = sock
         self.config = config
         self.status = status
-        self.stats = WorkerStats()
+        self.stats = WorkerStats(histograms=metrics)
         self.sink = make_sink(config, index)
         # Batched I/O: slots hold the largest UDP datagram, so every request arrives
         # whole (whatever its options) and a body over max_body gets its 4.13 with Size1.
