@@ -306,18 +306,7 @@ class DtlsShell:
         if not records:
             return
         self.server.outbox = []
-        if self._batch is not None:
-            try:
-                self._batch.send(records)
-            except OSError:  # UDP: what did not go is retransmitted by the peer
-                pass
-            return
-        send = self.sock.sendto
-        for data, peer in records:
-            try:
-                send(data, peer)
-            except OSError:  # full send buffer or unreachable peer: the peer retries
-                pass
+        mmsg.send_all(self.sock, self._batch, records)
 
     def _on_results(self, batch: list[Item], results: list[Result]) -> None:
         assert self._loop is not None

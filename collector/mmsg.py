@@ -66,11 +66,13 @@ _SOCKADDR_LEN = {socket.AF_INET: 16, socket.AF_INET6: 28}
 _KEY_LEN = {socket.AF_INET: 8, socket.AF_INET6: 28}
 
 
-class _Iovec(ctypes.Structure):
+# The C structures of recvmmsg/sendmmsg (Linux <sys/socket.h>, <bits/uio.h>), public
+# so that the benchmark's generator batches its system calls the same way.
+class Iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
-class _Msghdr(ctypes.Structure):
+class Msghdr(ctypes.Structure):
     _fields_ = [
         ("msg_name", ctypes.c_void_p),
         ("msg_namelen", ctypes.c_uint32),
@@ -82,12 +84,12 @@ class _Msghdr(ctypes.Structure):
     ]
 
 
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+class Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint)]
 
 
-_HDR = ctypes.sizeof(_Mmsghdr)
-_IOV = ctypes.sizeof(_Iovec)
+_HDR = ctypes.sizeof(Mmsghdr)
+_IOV = ctypes.sizeof(Iovec)
 
 
 def _load() -> tuple[Any, Any] | None:
@@ -258,7 +260,7 @@ class DatagramBatch:
         self._rhdr_addr = self._wire(
             self._rhdrs, self._riovs, self._rnames, namelen, self._rdata, slot_size
         )
-        msg_len = _Mmsghdr.msg_len.offset // 4
+        msg_len = Mmsghdr.msg_len.offset // 4
         self._rlens = memoryview(self._rhdrs).cast("I")
         self._rslots = [
             (i * _HDR // 4 + msg_len, i * namelen, i * namelen + self._keylen, i * slot_size)
@@ -288,8 +290,8 @@ class DatagramBatch:
         """
         slots = len(hdrs) // _HDR
         # The buffers are never resized, so these addresses outlive the views.
-        hdr_array = (_Mmsghdr * slots).from_buffer(hdrs)
-        iov_array = (_Iovec * slots).from_buffer(iovs)
+        hdr_array = (Mmsghdr * slots).from_buffer(hdrs)
+        iov_array = (Iovec * slots).from_buffer(iovs)
         iov_base = ctypes.addressof(iov_array)
         name_base = _address(names) if names is not None else 0
         data_base = _address(data) if data is not None else 0
@@ -426,3 +428,23 @@ __all__ = [
     "peer_from_sockaddr",
     "sockaddr_from_peer",
 ]
+
+
+def send_all(
+    sock: socket.socket, batch: DatagramBatch | None, items: list[tuple[bytes, Peer]]
+) -> None:
+    """Send every (datagram, peer): through `batch` (sendmmsg) when there is one, else
+    one sendto each. UDP: a datagram the kernel refuses (a full send buffer, an
+    unreachable peer) is dropped, and the peer retransmits."""
+    if batch is not None:
+        try:
+            batch.send(items)
+        except OSError:
+            pass
+        return
+    send = sock.sendto
+    for data, peer in items:
+        try:
+            send(data, peer)
+        except OSError:
+            pass

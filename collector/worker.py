@@ -234,22 +234,10 @@ class Worker:
 
     def _flush_outbox(self) -> None:
         outbox = self.core.outbox
-        if not outbox:
-            return
-        self.core.outbox = []
-        if self._batch is not None:
-            try:
-                self._batch.send(outbox)
-            except OSError:  # UDP: what did not go is retransmitted by the peer
-                pass
-            return
-        assert self.sock is not None  # an outbox comes from reading the socket
-        send = self.sock.sendto
-        for data, peer in outbox:
-            try:
-                send(data, peer)
-            except OSError:  # full send buffer or unreachable peer: the peer retries
-                pass
+        if outbox:
+            self.core.outbox = []
+            assert self.sock is not None  # an outbox comes from reading the socket
+            mmsg.send_all(self.sock, self._batch, outbox)
 
     def _on_readable(self) -> None:
         assert self._loop is not None

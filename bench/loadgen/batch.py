@@ -20,28 +20,10 @@ import errno
 import sys
 from typing import Any
 
+from collector.mmsg import Iovec, Mmsghdr
+
 _MSG_DONTWAIT = 0x40
 _FULL = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
-
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.c_void_p),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    ]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
 
 
 def _load() -> Any:
@@ -80,8 +62,8 @@ class Arena:
         self.size = size
         self.slots = slots
         self.buf = bytearray(size * slots)
-        self._hdrs = (_Mmsghdr * slots)()
-        self._iovs = (_Iovec * slots)()
+        self._hdrs = (Mmsghdr * slots)()
+        self._iovs = (Iovec * slots)()
         base = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
         for i in range(slots):
             self._iovs[i].iov_base = base + i * size
@@ -89,7 +71,7 @@ class Arena:
             self._hdrs[i].msg_hdr.msg_iov = ctypes.addressof(self._iovs[i])
             self._hdrs[i].msg_hdr.msg_iovlen = 1
         self._addr = ctypes.addressof(self._hdrs)
-        self._hdr = ctypes.sizeof(_Mmsghdr)
+        self._hdr = ctypes.sizeof(Mmsghdr)
 
     def flush(self, fd: int, count: int) -> int:
         """Send slots ``0..count-1`` on connected socket ``fd``; return how many went.
