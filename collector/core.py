@@ -410,7 +410,7 @@ class RequestCore:
         request.remaining = len(events)
         request.options = echo
         request.silent = silent
-        self._seen.put(request.key, owner, now, (size, request))
+        self._seen.add(request.key, owner, now, (size, request))  # not a duplicate: absent
         if mtype == _CON:
             self.exchange.track(request)
         self.pending = pending + len(events)

@@ -83,23 +83,29 @@ class FairTable(Generic[K, V]):
     def put(self, key: K, owner: Hashable, now: float, value: V) -> K | None:
         """Add an entry (or replace the value of one, keeping its place and owner).
         Returns the key evicted to make room, if any."""
-        entries = self._entries
-        entry = entries.get(key)
+        entry = self._entries.get(key)
         if entry is not None:
-            entries[key] = (entry[0], entry[1], value)
+            self._entries[key] = (entry[0], entry[1], value)
             return None
-        queue = self._queues.get(owner)
+        return self.add(key, owner, now, value)
+
+    def add(self, key: K, owner: Hashable, now: float, value: V) -> K | None:
+        """`put` for a key the caller knows is absent (one lookup fewer: the dedup
+        table's hot path has just looked). Returns the key evicted, if any."""
+        entries = self._entries
+        queues = self._queues
+        queue = queues.get(owner)
         if queue is None:
-            queue = self._queues[owner] = [0]
+            queue = queues[owner] = [0]
         evicted = None
         if len(entries) >= self.capacity:
             evicted = self._evict(owner, queue)
-            if owner not in self._queues:  # the newcomer's last entry went
-                queue = self._queues[owner] = [0]
+            if owner not in queues:  # the newcomer's last entry went
+                queue = queues[owner] = [0]
         entries[key] = (owner, now, value)
         queue.append(key)
         heavy = self._heavy_queue
-        if heavy is None or len(queue) - queue[0] > len(heavy) - heavy[0]:
+        if heavy is not queue and (heavy is None or len(queue) - queue[0] > len(heavy) - heavy[0]):
             self._heavy, self._heavy_queue = owner, queue
         return evicted
 
