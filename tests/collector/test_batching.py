@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from collector.batching import BatchDriver, Batcher, Item, OnResults
 from collector.events import Event
-from collector.sinks.base import STORED, Outcome, Result
+from collector.sinks.base import STORED, Outcome, Result, Sink
 from collector.sinks.null import NullSink
 
 
@@ -66,6 +66,27 @@ class AsyncOnly(NullSink):
     """A real null sink without the synchronous fast path: every write is a task."""
 
     write_now = None  # type: ignore[assignment]
+
+
+def write_one(sink: Sink, *, from_callback: bool = False) -> Result:
+    """One event through a driver of one-event batches; its result. `from_callback`:
+    added from a plain loop callback (no current task), as the worker's reader adds."""
+
+    async def scenario() -> list[Result]:
+        got: list[Result] = []
+        driver = BatchDriver(
+            sink, per_item(lambda o, p, r: got.append(r)), batch_max=1, batch_ms=1, max_flushes=1
+        )
+        if from_callback:
+            asyncio.get_running_loop().call_soon(driver.add, _event(1), None, 0)
+            await asyncio.sleep(0)
+        else:
+            driver.add(_event(1), None, 0)
+        await asyncio.wait_for(driver.wait_idle(), 1.0)
+        return got
+
+    (result,) = asyncio.run(scenario())
+    return result
 
 
 def _event(i: int) -> Event:
@@ -289,21 +310,7 @@ def test_a_write_now_that_cannot_finish_falls_back_to_a_task() -> None:
                 await asyncio.sleep(0)
             return [Result(Outcome.DUPLICATE)] * len(events)
 
-    async def scenario() -> list[Result]:
-        got: list[Result] = []
-        driver = BatchDriver(
-            Sometimes(),
-            per_item(lambda o, p, r: got.append(r)),
-            batch_max=1,
-            batch_ms=1,
-            max_flushes=1,
-        )
-        asyncio.get_running_loop().call_soon(driver.add, _event(1), None, 0)
-        await asyncio.sleep(0)
-        await asyncio.wait_for(driver.wait_idle(), 1.0)
-        return got
-
-    (result,) = asyncio.run(scenario())
+    result = write_one(Sometimes(), from_callback=True)
     assert result.outcome is Outcome.DUPLICATE
 
 
@@ -312,20 +319,7 @@ def test_a_write_now_that_raises_fails_its_events() -> None:
         def write_now(self, events: Sequence[Event]) -> list[Result]:
             raise RuntimeError("boom")
 
-    async def scenario() -> list[Result]:
-        got: list[Result] = []
-        driver = BatchDriver(
-            Broken(),
-            per_item(lambda o, p, r: got.append(r)),
-            batch_max=1,
-            batch_ms=1,
-            max_flushes=1,
-        )
-        driver.add(_event(1), None, 0)
-        await asyncio.wait_for(driver.wait_idle(), 1.0)
-        return got
-
-    (result,) = asyncio.run(scenario())
+    result = write_one(Broken())
     assert result.outcome is Outcome.FAILED and "RuntimeError" in result.reason
 
 
@@ -389,18 +383,5 @@ def test_a_write_that_yields_something_odd_fails_its_events() -> None:
             await Odd()
             return [STORED] * len(events)
 
-    async def scenario() -> list[Result]:
-        got: list[Result] = []
-        driver = BatchDriver(
-            OddSink(),
-            per_item(lambda o, p, r: got.append(r)),
-            batch_max=1,
-            batch_ms=1,
-            max_flushes=1,
-        )
-        driver.add(_event(1), None, 0)
-        await asyncio.wait_for(driver.wait_idle(), 1.0)
-        return got
-
-    (result,) = asyncio.run(scenario())
+    result = write_one(OddSink())
     assert result.outcome is Outcome.FAILED and "RuntimeError" in result.reason
