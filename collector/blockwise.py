@@ -81,10 +81,6 @@ class Reassembly:
     def __len__(self) -> int:
         return len(self._open)
 
-    @property
-    def capacity(self) -> int:
-        return self._open.capacity
-
     def feed(
         self,
         key: TransferKey,

@@ -31,7 +31,13 @@ import coap
 from collector import resources
 from collector.blockwise import Reassembly, block2
 from collector.config import Config, event_limits
-from collector.errors import PreconditionFailed, RequestError, TooManyRequests, Unavailable
+from collector.errors import (
+    Options,
+    PreconditionFailed,
+    RequestError,
+    TooManyRequests,
+    Unavailable,
+)
 from collector.events import (
     Event,
     Limits,
@@ -46,7 +52,6 @@ from collector.ratelimit import RateLimiter
 from collector.responses import build_response, empty, header
 from collector.sinks.base import STORED, Outcome, Result
 
-Options = tuple[tuple[int, bytes], ...]
 # What answering a request needs of it: (type, Message ID, token, peer, datagram size,
 # arrival time on the loop's clock, owner: whose share of shared state it uses).
 Head = tuple[int, int, bytes, Peer, int, float, Hashable]

@@ -391,9 +391,10 @@ def parse_timestamp(value: Any) -> int | None:
     elif tv is int:
         ms = value * 1000
     elif tv is float:
-        if not math.isfinite(value):
+        scaled = value * 1000.0  # finite values above ~1.8e305 overflow to infinity here
+        if not math.isfinite(scaled):
             return None
-        ms = round(value * 1000.0)
+        ms = round(scaled)
     else:
         return None
     if 0 <= ms < MAX_TIMESTAMP_MS:

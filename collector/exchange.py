@@ -134,10 +134,6 @@ class ExchangeLayer:
         self._next_mid = random.randrange(0x10000)
         self.retransmitted = 0  # our own resends of separate responses, since last read
 
-    @property
-    def capacity(self) -> int:
-        return self.seen.capacity
-
     # -- dedup ---------------------------------------------------------------------
 
     def duplicate(self, peer: Peer, mid: int, size: int) -> bool:

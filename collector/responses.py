@@ -9,11 +9,10 @@ larger than the request that caused it.
 from __future__ import annotations
 
 import coap
+from collector.errors import Options
 
 _VERSION = 0x40
 _CONTENT_FORMAT = int(coap.OptionNumber.CONTENT_FORMAT)
-
-Options = tuple[tuple[int, bytes], ...]
 
 
 def header(type_: int, code: int, mid: int, token: bytes) -> bytes:

@@ -184,6 +184,16 @@ def test_parse_timestamp_rejects_non_finite() -> None:
     assert parse_timestamp(float("inf")) is None
 
 
+@pytest.mark.parametrize("seconds", [1e306, -1e306, 1.7976931348623157e308])
+def test_a_finite_timestamp_whose_milliseconds_overflow_is_a_bad_timestamp(seconds: float) -> None:
+    """Regression (found by tests/server/test_server_fuzz.py): a finite float above
+    ~1.8e305 seconds overflowed to infinity in milliseconds, and round() raised
+    OverflowError, so the worker logged a failure and answered nothing instead of 4.00."""
+    assert parse_timestamp(seconds) is None
+    with pytest.raises(InvalidEvent, match=r"^timestamp: "):
+        decode(body(timestamp=seconds))
+
+
 # Each invalid body and the diagnostic it must produce (the field comes first).
 INVALID = [
     (b"", "body: malformed JSON"),
