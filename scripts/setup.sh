@@ -16,6 +16,12 @@ command -v mvn >/dev/null 2>&1 || need_pkgs+=(maven)
 command -v java >/dev/null 2>&1 || need_pkgs+=(openjdk-17-jre-headless)
 command -v unzip >/dev/null 2>&1 || need_pkgs+=(unzip)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+# DTLSSocket (tinydtls for aiocoap-client's coaps) has no wheel: pip runs tinydtls'
+# autogen.sh (autoreconf) and configure, then compiles it.
+command -v autoreconf >/dev/null 2>&1 || need_pkgs+=(autoconf)
+command -v automake >/dev/null 2>&1 || need_pkgs+=(automake)
+command -v libtoolize >/dev/null 2>&1 || need_pkgs+=(libtool)
+command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc libc6-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing system packages: ${need_pkgs[*]}"
@@ -34,6 +40,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -e ".[dev,bench]"
+# aiocoap-client over coaps (its tinydtls transport) for tests/dtls/test_dtls_aiocoap.py.
+# Kept out of the extras so that a failed C build costs that one test, which then fails
+# and names this log, and not the whole set-up.
+if ! "$VENV/bin/python" -c "from DTLSSocket import dtls" >/dev/null 2>&1; then
+    dtls_log="$VENV/dtlssocket-build.log"
+    "$VENV/bin/pip" install -q "DTLSSocket>=0.2.3,<0.3" >"$dtls_log" 2>&1 \
+        || echo "setup: DTLSSocket (tinydtls for aiocoap-client) did not build; see $dtls_log" >&2
+fi
 
 if [ -f bench/peers/node/package.json ] && command -v npm >/dev/null 2>&1; then
     (cd bench/peers/node && npm install --silent --no-audit --no-fund >/dev/null)
