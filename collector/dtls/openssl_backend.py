@@ -49,6 +49,8 @@ _SSL_ERROR_SSL = 1
 _SSL_ERROR_WANT_READ = 2
 _SSL_ERROR_ZERO_RETURN = 6
 _MTU = 1400
+_CONTENT_ALERT = 21  # RFC 5246 §6.2.1 ContentType
+_CONTENT_HANDSHAKE = 22
 _COOKIE_BUCKET = 60  # seconds
 _COOKIE_LEN = 20  # 4-byte bucket + 16 bytes of HMAC
 _OPENSSL_CIPHERS = b"PSK-AES128-CCM8:PSK-AES128-CCM"
@@ -127,14 +129,24 @@ def _get_lib() -> Any:
     return _lib
 
 
-def _carries_finished(datagram: bytes) -> bool:
-    """Whether a datagram holds an epoch-1 handshake record (a client's Finished)."""
+def _carries(datagram: bytes, content_type: int, epoch: bytes) -> bool:
+    """Whether a datagram holds a record of `content_type` in `epoch` (2 bytes)."""
     pos = 0
     while pos + 13 <= len(datagram):
-        if datagram[pos] == 22 and datagram[pos + 3 : pos + 5] == b"\0\1":
+        if datagram[pos] == content_type and datagram[pos + 3 : pos + 5] == epoch:
             return True
         pos += 13 + int.from_bytes(datagram[pos + 11 : pos + 13], "big")
     return False
+
+
+def _carries_finished(datagram: bytes) -> bool:
+    """Whether a datagram holds an epoch-1 handshake record (a client's Finished)."""
+    return _carries(datagram, _CONTENT_HANDSHAKE, b"\0\1")
+
+
+def _carries_alert(datagram: bytes) -> bool:
+    """Whether a datagram holds a cleartext (epoch-0) alert: the peer gave up itself."""
+    return _carries(datagram, _CONTENT_ALERT, b"\0\0")
 
 
 class OpensslConnection:
@@ -210,6 +222,11 @@ class OpensslConnection:
             return False
         if asked is not None and not asked[1]:
             raise HandshakeFailed(backend.UNKNOWN_IDENTITY)
+        if _carries_alert(data):
+            # The peer aborted before its Finished (tinydtls does, with internal_error,
+            # for a key longer than it holds): nothing was proven about its key, so
+            # this is no bad_key, no auth rejection (Mbed TLS' backend agrees).
+            raise HandshakeFailed(backend.PROTOCOL_ERROR, "alert from the peer")
         if self.identity is not None:
             raise HandshakeFailed(backend.BAD_KEY)  # the Finished MAC did not verify
         raise HandshakeFailed(backend.PROTOCOL_ERROR)

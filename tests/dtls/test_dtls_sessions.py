@@ -10,7 +10,7 @@ from collector.dtls import CIPHER_SUITES, HandshakeFailed
 from collector.dtls.client import DtlsClientSession
 from collector.dtls.mbedtls_backend import client_context
 from collector.dtls.records import client_hello_cookie
-from collector.dtls.sessions import OPEN
+from collector.dtls.sessions import OPEN, DtlsServer
 
 from .memory import BACKENDS, KEY, connect, make_server, take
 
@@ -92,6 +92,41 @@ def test_wrong_credentials_open_nothing(
         pass
     assert not server.sessions
     assert server.stats.handshakes.get(outcome) == 1, server.stats.handshakes
+
+
+def _key_exchange_and_alert(server: DtlsServer, peer: tuple[str, int]) -> tuple[bytes, bytes]:
+    """The client's ClientKeyExchange record and, instead of the rest of its flight, a
+    fatal internal_error alert: what tinydtls sends when its key is too long."""
+    client = DtlsClientSession("dev-17", KEY)
+    flight = client.start()
+    for _ in range(10):
+        server.datagram(flight, peer, 0.0)
+        for answer in take(server, peer):
+            client.receive(answer)
+        flight = client.pending()
+        if flight[13] == 16:  # the first record holds the ClientKeyExchange
+            seq = int.from_bytes(flight[5:11], "big") + 1
+            kex = flight[: 13 + int.from_bytes(flight[11:13], "big")]
+            alert = b"\x15\xfe\xfd\x00\x00" + seq.to_bytes(6, "big") + b"\x00\x02\x02\x50"
+            return kex, alert
+    raise AssertionError("no ClientKeyExchange")
+
+
+@pytest.mark.parametrize("one_datagram", [True, False])
+def test_a_client_aborting_its_handshake_with_an_alert_is_no_bad_key(
+    backend: str, one_datagram: bool
+) -> None:
+    # Regression: OpenSSL's backend counted a client's own fatal alert after its
+    # ClientKeyExchange (tinydtls with a key over 16 bytes, which sends the two apart)
+    # as bad_key, an auth rejection that sends an operator looking for a wrong key.
+    server, _ = make_server(backend)
+    kex, alert = _key_exchange_and_alert(server, PEER)
+    for datagram in [kex + alert] if one_datagram else [kex, alert]:
+        server.datagram(datagram, PEER, 0.0)
+    assert not server.sessions
+    assert server.stats.handshakes == {"protocol_error": 1}, server.stats.handshakes
+    [event] = [e for e in server.events if e.kind == "handshake"]
+    assert (event.identity, event.outcome) == ("dev-17", "protocol_error")
 
 
 def test_replayed_record_is_ignored(backend: str) -> None:
