@@ -23,8 +23,26 @@ Modes (pick one; the default is --target):
                               search with no fixed ceiling), medians of --repeats
                               interleaved repetitions with their spread; the echo
                               peer's max is the generator's ceiling in the same run
+  --dtls-compare              coaps against plain CoAP in one run: one collector (1
+                              worker by default, --workers) serving both, loaded over
+                              plain CoAP and over DTLS by the same generator, and
+                              Californium's DTLS server (Scandium, bench/peers/scandium)
+                              over DTLS; per configuration the closed-loop requests/s,
+                              p50/p99 and server CPU per request, DTLS/plain ratios, and
+                              PSK handshakes/s (achieved, and per server core from its
+                              CPU per handshake); medians of --repeats interleaved
+                              repetitions with their spread. A PSK is made up for the run
+                              unless --psk-identity/--psk-key give one
   --startup-runs N            (any mode) median time from exec of `iot-collector serve`
                               to its first 2.05 on GET /health, over N starts
+
+coaps (DTLS 1.2 PSK, RFC 7252 §9.1): --psk-identity ID with --psk-key KEY (text) or
+--psk-key-hex HEX makes every simulated device open its own DTLS session, before the
+run's clock starts (handshakes are outside the measured window), and send its requests
+in records of that session; events then name no sender (the identity does). With
+--target, HOST:PORT is the coaps port; --server collector starts the collector with a
+PSK file for that identity and loads its coaps port; --server scandium starts
+Californium's DTLS server with that key.
 
 The generator batches its system calls (sendmmsg per device burst, recvmmsg per
 readable socket) and reports its own CPU per request in every run; a run where it
@@ -46,10 +64,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -58,7 +78,7 @@ from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import report, servers
+from loadgen import dtls, report, servers
 from loadgen.generator import GeneratorError, LoadSpec, min_devices, run_load
 from loadgen.search import Verdict, capacity_search
 from loadgen.wire import FORMATS
@@ -153,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         " round-robin with nft numgen (kube-proxy-like; needs root, ip, nft)",
     )
     m.add_argument("--compare", action="store_true", help="run every available server; see above")
+    m.add_argument(
+        "--dtls-compare",
+        action="store_true",
+        help="collector over plain CoAP and over DTLS, and Scandium over DTLS; see above",
+    )
     m.add_argument(
         "--cpu-limit",
         type=_positive(float),
@@ -311,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--servers",
-        default=",".join(servers.SERVERS),
+        default=",".join(servers.PLAIN_SERVERS),
         help="servers for --compare (default all: %(default)s)",
     )
     c.add_argument(
@@ -321,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure exec-to-first-2.05 of the collector over N starts (median);"
         " --compare does 3 by default",
     )
+
+    d = p.add_argument_group("coaps (DTLS 1.2 PSK)")
+    d.add_argument("--psk-identity", metavar="ID", help="PSK identity: load over DTLS")
+    d.add_argument("--psk-key", metavar="KEY", help="the identity's key, as text")
+    d.add_argument("--psk-key-hex", metavar="HEX", help="the identity's key, in hexadecimal")
+    for flag, kind, default, what in (
+        ("--handshake-duration", float, 2.0, "seconds of each handshake-rate run"),
+        ("--handshake-window", int, 16, "handshakes in progress at once per generator process"),
+    ):
+        d.add_argument(
+            flag, type=_positive(kind), default=default, help=f"--dtls-compare: {what} ({default})"
+        )
 
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write every number, argv, versions, machine")
@@ -335,11 +372,21 @@ def check_args(args: argparse.Namespace) -> None:
         bool(args.server),
         bool(args.replicas),
         bool(args.compare),
+        bool(args.dtls_compare),
     ]
     if sum(modes) > 1:
-        raise UsageError("choose one of --target, --server, --replicas, --compare")
+        raise UsageError("choose one of --target, --server, --replicas, --compare, --dtls-compare")
     if sum(modes) == 0 and not args.startup_runs:
-        raise UsageError("nothing to do: give --target, --server, --replicas or --compare")
+        raise UsageError(
+            "nothing to do: give --target, --server, --replicas, --compare or --dtls-compare"
+        )
+    args.psk = psk_of(args)
+    if args.psk is not None and (args.replicas or args.compare):
+        raise UsageError("--psk-identity goes with --target, --server or --dtls-compare")
+    if args.server in servers.DTLS_PEERS and args.psk is None:
+        raise UsageError(f"--server {args.server} speaks coaps only: give --psk-identity and a key")
+    if args.server and args.psk is not None and args.server not in ("collector", "scandium"):
+        raise UsageError(f"--server {args.server} does not speak coaps (collector, scandium do)")
     if args.warmup < 0:
         raise UsageError("--warmup must be >= 0")
     if args.replicas_mode == "netns" and not args.replicas:
@@ -358,9 +405,34 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--pin needs taskset (util-linux)")
     if args.compare:
         names = [s.strip() for s in args.servers.split(",") if s.strip()]
-        bad = [s for s in names if s not in servers.SERVERS]
+        bad = [s for s in names if s not in servers.PLAIN_SERVERS]
         if bad or not names:
             raise UsageError(f"--servers: unknown {', '.join(bad) or '(empty)'}")
+
+
+def psk_of(args: argparse.Namespace) -> dtls.Psk | None:
+    """The PSK of --psk-identity and --psk-key/--psk-key-hex, None without an identity.
+
+    Raises UsageError for a key without an identity, both keys or neither, bad hex, or
+    an empty identity or key.
+    """
+    identity, text, hexed = args.psk_identity, args.psk_key, args.psk_key_hex
+    if identity is None:
+        if text is not None or hexed is not None:
+            raise UsageError("--psk-key/--psk-key-hex need --psk-identity")
+        return None
+    if (text is None) == (hexed is None):
+        raise UsageError("--psk-identity needs one of --psk-key, --psk-key-hex")
+    if text is not None:
+        key = text.encode()
+    else:
+        try:
+            key = bytes.fromhex(hexed)
+        except ValueError:
+            raise UsageError("--psk-key-hex: not hexadecimal") from None
+    if not identity or not key:
+        raise UsageError("--psk-identity and its key must not be empty")
+    return dtls.Psk(identity, key)
 
 
 def server_cores(name: str, workers: int, replicas: int = 1, cpu_limit: float | None = None) -> int:
@@ -378,6 +450,19 @@ def split_cpus(server: int) -> tuple[list[int], list[int]]:
         return cpus, cpus
     n = min(server, len(cpus) - 1)
     return cpus[:n], cpus[n:]
+
+
+class _CpuMark:
+    """A fleet's CPU seconds, read when the generator's processes are ready (their
+    sockets and DTLS sessions open), so that what follows is the run alone."""
+
+    def __init__(self, fleet: servers.Fleet | None) -> None:
+        self.fleet = fleet
+        self.at: float | None = None
+
+    def mark(self) -> None:
+        if self.fleet is not None:
+            self.at = self.fleet.cpu_seconds()
 
 
 class Bench:
@@ -408,8 +493,13 @@ class Bench:
         window: int | None = None,
         devices: int | None = None,
         warmup: float | None = None,
+        psk: dtls.Psk | None = None,
+        plain: bool = False,
     ) -> LoadSpec:
+        """The load of one run: over DTLS with ``psk``, else --psk-identity's if given,
+        unless ``plain``."""
         a = self.args
+        psk = None if plain else (psk or a.psk)
         spec = LoadSpec(
             host=host,
             port=port,
@@ -427,6 +517,8 @@ class Bench:
             window=a.window if window is None else window,
             burst=a.burst,
             cpus=tuple(self.gen_cpus),
+            psk_identity=psk.identity if psk else "",
+            psk_key=psk.key if psk else b"",
         )
         need = max(min_devices(spec), spec.procs)
         if spec.devices < need:
@@ -440,7 +532,12 @@ class Bench:
             print(f"warning: {text}", file=sys.stderr)
 
     def start(
-        self, name: str, workers: int = 1, replicas: int = 1, mode: str = "reuseport"
+        self,
+        name: str,
+        workers: int = 1,
+        replicas: int = 1,
+        mode: str = "reuseport",
+        psk: dtls.Psk | None = None,
     ) -> tuple[servers.Fleet, str, int]:
         return servers.start_server(
             name,
@@ -449,6 +546,7 @@ class Bench:
             mode=mode,
             cpu_limit=self.args.cpu_limit,
             cpus=self.server_cpus,
+            psk=psk,
         )
 
     def run(
@@ -463,14 +561,15 @@ class Bench:
         spec: LoadSpec | None = None,
     ) -> dict[str, Any]:
         spec = spec or self.spec(host, port, rate)
-        cpu0 = fleet.cpu_seconds() if fleet else None
+        cpu0 = _CpuMark(fleet)
         shown = f"{label} @{rate:.0f}" if not spec.window else f"{label} max"
-        raw = run_load(spec, label=shown, show_progress=not self.args.quiet)
+        raw = run_load(spec, label=shown, show_progress=not self.args.quiet, on_ready=cpu0.mark)
         summary = report.summarize(raw, spec, label, server, replicas)
-        if fleet is not None and cpu0 is not None:
-            # the server's own CPU per request (warm-up included): comparable across
-            # servers even on a noisy box, where capacity figures move with the neighbours
-            cpu = fleet.cpu_seconds() - cpu0
+        if fleet is not None and cpu0.at is not None:
+            # the server's own CPU per request (warm-up included, DTLS handshakes not):
+            # comparable across servers even on a noisy box, where capacity figures
+            # move with the neighbours
+            cpu = fleet.cpu_seconds() - cpu0.at
             sent_total = sum(int(r["sent_total"]) for r in raw)
             summary["server_cpu_s"] = round(cpu, 3)
             summary["server_cpu_us_per_request"] = (
@@ -519,8 +618,10 @@ class Bench:
         name = a.server
         workers = a.workers[0]
         self.place(server_cores(name, workers, 1, a.cpu_limit))
-        fleet, host, port = self.start(name, workers)
+        fleet, host, port = self.start(name, workers, psk=a.psk)
         label = f"{name} w={workers}" if name == "collector" else name
+        if a.psk is not None:
+            label += " DTLS"
         try:
             return self.plain_runs(host, port, label, name, fleet)
         finally:
@@ -552,20 +653,128 @@ class Bench:
         self.doc["startup"].append(res)
         return res
 
+    def max_spec(self, host: str, port: int, psk: dtls.Psk | None, plain: bool) -> LoadSpec:
+        """The closed-loop max's load: --max-window in flight on each of --max-devices
+        sockets (over DTLS: see :meth:`spec`)."""
+        a = self.args
+        warmup = max(a.warmup, a.server_warmup)
+        return self.spec(
+            host, port, 0.0, window=a.max_window, devices=a.max_devices, warmup=warmup,
+            psk=psk, plain=plain,
+        )  # fmt: skip
+
     def max_run(
         self, host: str, port: int, label: str, name: str, fleet: servers.Fleet
     ) -> dict[str, Any]:
         """The closed-loop max: --max-window in flight on each of --max-devices sockets."""
+        spec = self.max_spec(host, port, None, False)
+        return self.run(host, port, 0.0, label, name, fleet=fleet, spec=spec)
+
+    def handshake_run(
+        self, host: str, port: int, label: str, name: str, fleet: servers.Fleet, psk: dtls.Psk
+    ) -> dict[str, Any]:
+        """PSK handshakes as fast as the server completes them (--handshake-window at a
+        time per generator process, for --handshake-duration s), with the server's CPU
+        per handshake."""
         a = self.args
         spec = self.spec(
             host,
             port,
             0.0,
-            window=a.max_window,
-            devices=a.max_devices,
-            warmup=max(a.warmup, a.server_warmup),
+            a.handshake_duration,
+            window=a.handshake_window,
+            devices=self.procs,
+            warmup=0.0,
+            psk=psk,
         )
-        return self.run(host, port, 0.0, label, name, fleet=fleet, spec=spec)
+        spec = dataclasses.replace(spec, handshakes=True)
+        mark = _CpuMark(fleet)
+        raw = run_load(
+            spec, label=f"{label} handshakes", show_progress=not a.quiet, on_ready=mark.mark
+        )
+        summary = report.summarize_handshakes(raw, spec, label, name)
+        if mark.at is not None:
+            cpu = fleet.cpu_seconds() - mark.at
+            summary["server_cpu_s"] = round(cpu, 3)
+            done = summary["handshakes"]
+            summary["server_cpu_us_per_handshake"] = round(cpu / done * 1e6, 1) if done else None
+        if summary["generator_saturated"]:
+            self.warn(
+                f"{label} handshakes: the generator was out of CPU: the achieved rate is"
+                " the generator's; the server's CPU per handshake still holds"
+            )
+        self.doc["handshake_runs"].append(summary)
+        return summary
+
+    def dtls_compare(self) -> dict[str, Any]:
+        """Plain CoAP and DTLS on one collector, and Scandium over DTLS: see the module
+        docstring. Both servers run for the whole comparison; the repetitions
+        interleave every configuration."""
+        a = self.args
+        psk = a.psk or dtls.Psk("bench", secrets.token_hex(16).encode())
+        workers = a.workers[0]
+        wlabel = f"collector w={workers}"
+        rows: list[dict[str, Any]] = [
+            {"key": "plain", "name": f"{wlabel}, plain CoAP", "server": "collector", "reps": []},
+            {"key": "dtls", "name": f"{wlabel}, DTLS", "server": "collector", "reps": []},
+            {"key": "scandium", "name": "Scandium (Californium 3.12 DTLS)", "server": "scandium",
+             "reps": []},
+        ]  # fmt: skip
+        # the handshake rate of each DTLS configuration
+        shakes = [{**row, "reps": [], "handshakes": True} for row in rows[1:]]
+        result: dict[str, Any] = {
+            "workers": workers,
+            "identity": psk.identity,
+            "repeats": a.repeats,
+            "rows": rows,
+            "handshakes": shakes,
+        }
+        fleets: dict[str, tuple[servers.Fleet, str, dict[str, int]]] = {}
+        try:
+            self.place(server_cores("collector", workers, 1, a.cpu_limit))
+            fleet, host, _port = self.start("collector", workers, psk=psk)
+            fleets["collector"] = (fleet, host, fleet.ports)
+            why = servers.peer_available("scandium")
+            if why is None:
+                self.place(server_cores("scandium", 1, 1, a.cpu_limit))
+                try:
+                    fleet, host, _port = self.start("scandium", psk=psk)
+                    fleets["scandium"] = (fleet, host, fleet.ports)
+                except servers.ServerError as exc:
+                    why = str(exc)
+            if why is not None:
+                for entry in (*rows, *shakes):
+                    if entry["server"] == "scandium":
+                        entry["skipped"] = f"skipped: {why}"
+                self.warn(f"--dtls-compare: Scandium skipped: {why}")
+            # every configuration once per repetition, the handshake runs last: a noisy
+            # spell of the shared machine falls on all of them rather than on one
+            steps = [e for e in (*rows, *shakes) if not e.get("skipped")]
+            for _rep in range(a.repeats):
+                for entry in steps:
+                    name = entry["server"]
+                    fleet, host, ports = fleets[name]
+                    self.place(server_cores(name, workers, 1, a.cpu_limit))
+                    plain = entry["key"] == "plain"
+                    port = ports["coap" if plain else "coaps"]
+                    if entry.get("handshakes"):
+                        run = self.handshake_run(host, port, entry["name"], name, fleet, psk)
+                    else:
+                        spec = self.max_spec(host, port, psk, plain)
+                        run = self.run(host, port, 0.0, entry["name"], name, fleet=fleet, spec=spec)
+                    entry["reps"].append(run)
+        finally:
+            for fleet, _host, _ports in fleets.values():
+                servers.stop_fleet(fleet)
+        report.dtls_summary(result)
+        self.doc["dtls_compare"] = result
+        for entry in rows:
+            if entry.get("generator_limited"):
+                self.warn(
+                    f"{entry['name']}: the generator was out of CPU in most repetitions:"
+                    " its requests/s are the generator's; its server CPU per request holds"
+                )
+        return result
 
     def capacity(
         self,
@@ -760,6 +969,25 @@ def ceiling_text(ceiling: dict[str, Any] | None) -> str:
     return text
 
 
+_KEY_FLAGS = ("--psk-key", "--psk-key-hex")
+
+
+def redacted(argv: list[str]) -> list[str]:
+    """``argv`` with the values of the key flags replaced: keys are never written down."""
+    out: list[str] = []
+    hide = False
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if hide:
+            out.append("<redacted>")
+        elif flag in _KEY_FLAGS and "=" in arg:
+            out.append(f"{flag}=<redacted>")
+        else:
+            out.append(arg)
+        hide = not hide and arg in _KEY_FLAGS
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -771,8 +999,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     servers.install_cleanup()
     doc = report.document(
-        [str(Path(__file__)), *argv],
-        {k: v for k, v in vars(args).items() if k != "target"}
+        [str(Path(__file__)), *redacted(argv)],
+        {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("target", "psk", "psk_key", "psk_key_hex")
+        }
         | {"target": f"{args.target[0]}:{args.target[1]}" if args.target else None},
         dt.datetime.now(dt.UTC),
     )
@@ -788,6 +1020,17 @@ def main(argv: list[str] | None = None) -> int:
             out.append("\n" + ceiling_text(doc["generator_ceiling"]))
             out.append("\n## All runs\n")
             out.append(report.runs_table(doc["runs"]))
+        elif args.dtls_compare:
+            res = bench.dtls_compare()
+            out.append(
+                f"## coaps against plain CoAP ({args.repeats} interleaved repetitions:"
+                " median [min-max])\n"
+            )
+            out.append(report.dtls_table(res))
+            out.append("\n" + report.dtls_text(res))
+            out.append("\n## All runs\n")
+            out.append(report.runs_table(doc["runs"]))
+            out.append("\n" + report.handshakes_table(doc["handshake_runs"]))
         elif args.replicas:
             runs = bench.replicas()
             for rate in bench.rates():

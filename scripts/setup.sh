@@ -60,7 +60,7 @@ if [ -f bench/peers/californium/pom.xml ] && { [ ! -f "$cf_jar" ] || [ "$cf_src"
     (cd bench/peers/californium && mvn -q package >/dev/null 2>&1) \
         || echo "setup: the Californium peer did not build; --compare will skip it" >&2
 fi
-# The Scandium (Californium DTLS) peer of the coaps tests and bench/dtls_bench.py.
+# The Scandium (Californium DTLS) client of the coaps tests.
 sc_jar=bench/peers/scandium/target/sc-peer.jar
 sc_src=bench/peers/scandium/src/main/java/bench/ScPeer.java
 if [ -f bench/peers/scandium/pom.xml ] && { [ ! -f "$sc_jar" ] || [ "$sc_src" -nt "$sc_jar" ]; } \

@@ -47,13 +47,13 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from collector import mmsg
 
-from . import batch, wire
+from . import batch, dtls, wire
 from .histogram import _EXACT, _HALF, N_BUCKETS, SUB_BITS, LogHistogram
 from .schedule import Schedule
 
@@ -98,6 +98,17 @@ class LoadSpec:
     window: int = 0  # >0: closed loop, this many requests outstanding per device
     burst: int = 16  # open loop: consecutive requests per device (one sendmmsg)
     cpus: tuple[int, ...] = ()  # CPUs the generator processes are pinned to (none: any)
+    # coaps: with an identity, every device socket opens its own DTLS 1.2 PSK session
+    # before the run starts, and requests and answers travel in its records
+    psk_identity: str = ""
+    psk_key: bytes = field(default=b"", repr=False)
+    # a handshake-rate run instead of a load: ``window`` fresh sessions at a time per
+    # process, each closed once open, for ``duration`` s (loadgen.dtls.handshake_share)
+    handshakes: bool = False
+
+    @property
+    def dtls(self) -> bool:
+        return bool(self.psk_identity)
 
     @property
     def total(self) -> int:
@@ -161,6 +172,11 @@ class _Devices:
             s.connect((spec.host, spec.port))
             s.setblocking(False)
             self.socks.append(s)
+        # over DTLS the session names the sender (an authenticated device need not)
+        self.links: list[dtls.Link] | None = None
+        if spec.dtls:
+            psk = dtls.Psk(spec.psk_identity, spec.psk_key)
+            self.links = dtls.handshake_all(self.socks, psk, max(5.0, spec.timeout))
         nonce = random.getrandbits(16)
         templates = [
             wire.build_template(
@@ -170,6 +186,7 @@ class _Devices:
                 (nonce << 16) | (d & 0xFFFF),
                 spec.path,
                 con=not spec.non,
+                sender=None if spec.dtls else wire.SENDER,
             )
             for d in self.ids
         ]
@@ -187,11 +204,17 @@ class _Devices:
         self.batched = batch.available() and mmsg.available()
         self.arena: batch.Arena | None = None
         self.readers: list[Callable[[], list[tuple[bytes, Any]]]] = []
+        self.batches: list[mmsg.DatagramBatch] = []
         if self.batched:
-            self.arena = batch.Arena(self.size, 64)
-            self.readers = [mmsg.DatagramBatch(s, 64, 512).recv for s in self.socks]
+            self.batches = [mmsg.DatagramBatch(s, 64, 512) for s in self.socks]
+            self.readers = [b.recv for b in self.batches]
+            if self.links is None:  # over DTLS the records are sent from their own bytes
+                self.arena = batch.Arena(self.size, 64)
         else:
             self.readers = [self._reader(s) for s in self.socks]
+        if self.links is not None:
+            self.readers = [ln.reader(r) for ln, r in zip(self.links, self.readers, strict=True)]
+        self.peer = self.socks[0].getpeername() if self.socks else None
         self.scratch = bytearray(self.size * 64)
 
     @staticmethod
@@ -211,13 +234,32 @@ class _Devices:
         """Send the ``count`` datagrams staged in the arena (or scratch) from ``dev``."""
         if self.arena is not None:
             return self.arena.flush(self.fds[dev], count)
-        sent = 0
         size = self.size
-        for i in range(count):
-            with contextlib.suppress(OSError):
-                self.socks[dev].send(self.scratch[i * size : (i + 1) * size])
-                sent += 1
-        return sent
+        staged = memoryview(self.scratch)
+        if self.links is not None:
+            seal = self.links[dev].seal
+            records = [seal(staged[i * size : (i + 1) * size]) for i in range(count)]
+            if self.batches:
+                peer = self.peer
+                return self.batches[dev].send([(r, peer) for r in records])
+            return sum(self._send(dev, r) for r in records)
+        return sum(self._send(dev, staged[i * size : (i + 1) * size]) for i in range(count))
+
+    def _send(self, dev: int, data: bytes | memoryview) -> int:
+        try:
+            self.socks[dev].send(data)
+        except OSError:
+            return 0
+        return 1
+
+    def send_raw(self, dev: int, data: bytes | bytearray | memoryview) -> bool:
+        """Send one CoAP datagram from ``dev`` now (in a record of its session over DTLS)."""
+        if self.links is not None:
+            data = self.links[dev].seal(data)
+        return bool(self._send(dev, data))  # type: ignore[arg-type]
+
+    def dtls_errors(self) -> int:
+        return sum(ln.errors for ln in self.links) if self.links is not None else 0
 
     @property
     def buf(self) -> bytearray:
@@ -226,11 +268,7 @@ class _Devices:
     def send_one(self, dev: int, mid: int, token: int, uniq: int) -> bool:
         """Send one request at once (retransmissions; never on the arena's slots)."""
         self.stagers[dev](self.scratch, 0, mid, token, uniq)
-        try:
-            self.socks[dev].send(self.scratch[: self.size])
-        except OSError:
-            return False
-        return True
+        return self.send_raw(dev, memoryview(self.scratch)[: self.size])
 
     def close(self) -> None:
         self.ep.close()
@@ -283,6 +321,13 @@ def run_share(
     if spec.cpus:
         with contextlib.suppress(OSError, AttributeError):
             os.sched_setaffinity(0, {spec.cpus[index % len(spec.cpus)]})
+    if spec.handshakes:
+        begin = ready() if ready is not None else start or time.monotonic() + 0.05
+
+        def publish(done: int) -> None:
+            _publish(progress, index, (done, done, done, 0, 0))
+
+        return dtls.handshake_share(spec, index, begin, publish)
     devs = _Devices(spec, index)
     try:
         if ready is not None:
@@ -514,8 +559,7 @@ def _open_loop(
                     if b0 & 0x30 == 0:
                         # a separate CON response: ACK it (again, if our ACK was lost)
                         separate += 1
-                        with contextlib.suppress(OSError):
-                            devs.socks[dev].send(wire.empty_ack((data[2] << 8) | data[3]))
+                        devs.send_raw(dev, wire.empty_ack((data[2] << 8) | data[3]))
                     if b0 & 0x0F != wire.TOKEN_LEN or len(data) < 8:
                         stale += 1
                         continue
@@ -577,6 +621,8 @@ def _open_loop(
         "runq_wait_s": sch1[1] - sch0[1],
         "wall_s": wall,
         "batched": devs.batched,
+        "dtls": devs.links is not None,
+        "dtls_errors": devs.dtls_errors(),
         "timeline_hz": TIMELINE_HZ,
         "timeline": timeline,
         "latency": _histogram(lat_counts, lat_min, lat_max),
@@ -683,8 +729,7 @@ def _closed_loop(
                 b0 = data[0]
                 if b0 & 0x30 == 0:
                     separate += 1
-                    with contextlib.suppress(OSError):
-                        devs.socks[dev].send(wire.empty_ack((data[2] << 8) | data[3]))
+                    devs.send_raw(dev, wire.empty_ack((data[2] << 8) | data[3]))
                 ts = outstanding.pop(int.from_bytes(data[4:8], "big"), None)
                 if ts is None:
                     late += 1
@@ -743,6 +788,8 @@ def _closed_loop(
         "runq_wait_s": sch1[1] - sch0[1],
         "wall_s": wall,
         "batched": devs.batched,
+        "dtls": devs.links is not None,
+        "dtls_errors": devs.dtls_errors(),
         "timeline_hz": TIMELINE_HZ,
         "timeline": timeline,
         "latency": _histogram(lat_counts, lat_min, lat_max),
@@ -779,10 +826,18 @@ def _progress_line(label: str, phase: str, rates: list[float], tot: list[float])
 
 
 def run_load(
-    spec: LoadSpec, label: str = "", show_progress: bool = True, stream: Any = None
+    spec: LoadSpec,
+    label: str = "",
+    show_progress: bool = True,
+    stream: Any = None,
+    *,
+    on_ready: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``spec`` in ``spec.procs`` processes; return their raw results.
 
+    ``on_ready`` is called once every process has opened its sockets (and DTLS
+    sessions), just before the common start time is sent: what a caller measures from
+    there leaves the set-up out.
     Prints a one-line progress display every second on ``stream`` (stderr).
     Raises GeneratorError if a process fails or hangs.
     """
@@ -806,6 +861,8 @@ def run_load(
             msg = conn.recv()
             if msg[0] != "ready":
                 raise GeneratorError(f"generator process failed: {msg[1]}")
+        if on_ready is not None:
+            on_ready()
         start = time.monotonic() + 0.05
         for _, conn in children:
             conn.send(("start", start))
@@ -856,4 +913,10 @@ def run_load(
                 p.join()
 
 
-__all__ = ["GeneratorError", "LoadSpec", "min_devices", "run_load", "run_share"]
+__all__ = [
+    "GeneratorError",
+    "LoadSpec",
+    "min_devices",
+    "run_load",
+    "run_share",
+]

@@ -49,6 +49,7 @@ _COUNTERS = (
     "separate_responses",
     "rst",
     "stale",
+    "dtls_errors",
 )
 
 
@@ -97,6 +98,7 @@ def merge(raw: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "timeline": timeline,
         "timeline_hz": int(raw[0].get("timeline_hz", 10)) if raw else 10,
         "batched": all(r.get("batched", False) for r in raw),
+        "dtls": any(r.get("dtls", False) for r in raw),
     }
 
 
@@ -200,12 +202,38 @@ def summarize(
         "generator_runq_share": round(m["runq_share"], 2),
         "machine_busy": m["runq_share"] >= STARVED_SHARE,
         "generator_batched": m["batched"],
+        "dtls": m["dtls"],
         "generator_cpu_s": round(m["cpu_s"], 3),
         "generator_cpu_us_per_request": (
             round(m["cpu_s"] / m["sent_total"] * 1e6, 2) if m["sent_total"] else None
         ),
         "stalls": stall,
         "histogram_us": lat.to_dict(),
+    }
+
+
+def summarize_handshakes(
+    raw: Sequence[dict[str, Any]], spec: LoadSpec, label: str, server: str
+) -> dict[str, Any]:
+    """One handshake-rate run (:func:`loadgen.dtls.handshake_share` results) as one:
+    handshakes completed per second, failures, and the generator's CPU per handshake."""
+    done = sum(int(r["handshakes"]) for r in raw)
+    cpu = sum(float(r["cpu_s"]) for r in raw)
+    share = max((float(r["cpu_s"]) / float(r["wall_s"]) for r in raw if r["wall_s"]), default=0)
+    return {
+        "label": label,
+        "server": server,
+        "target": f"{spec.host}:{spec.port}",
+        "duration": spec.duration,
+        "procs": spec.procs,
+        "window": spec.window,
+        "handshakes": done,
+        "failed": sum(int(r["failed"]) for r in raw),
+        "handshake_rate": round(done / spec.duration, 1),
+        "generator_cpu_s": round(cpu, 3),
+        "generator_cpu_us_per_handshake": round(cpu / done * 1e6, 1) if done else None,
+        "generator_cpu_share": round(share, 2),
+        "generator_saturated": share >= SATURATED_SHARE,
     }
 
 
@@ -298,6 +326,8 @@ def document(argv: Sequence[str], config: dict[str, Any], started: dt.datetime) 
         "sweeps": {},
         "compare": None,
         "startup": [],
+        "handshake_runs": [],
+        "dtls_compare": None,
         "generator_ceiling": None,
         "warnings": [],
     }
@@ -416,6 +446,143 @@ def compare_table(compare: dict[str, Any]) -> str:
             f" {_f(s.get('server_cpu_us'), 1)} | {_f(s.get('generator_cpu_us'), 1)} |"
         )
     return "\n".join(rows)
+
+
+def handshakes_table(runs: Sequence[dict[str, Any]]) -> str:
+    """One Markdown row per handshake-rate run."""
+    rows = [
+        "| configuration (handshakes) | completed/s | failed | server CPU us/handshake |"
+        " generator CPU us/handshake |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        behind = " (generator saturated)" if r["generator_saturated"] else ""
+        rows.append(
+            f"| {r['label']} | {r['handshake_rate']:.0f}{behind} | {r['failed']} |"
+            f" {_f(r.get('server_cpu_us_per_handshake'), 0)} |"
+            f" {_f(r.get('generator_cpu_us_per_handshake'), 0)} |"
+        )
+    return "\n".join(rows)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def dtls_summary(result: dict[str, Any]) -> None:
+    """Fill ``result`` (``--dtls-compare``'s, its reps already run) with the spreads:
+    per row requests/s, p50, p99, server and generator CPU per request; per DTLS row
+    its ratios to plain CoAP of the same repetition; per handshake row the completed
+    rate, the server's CPU per handshake, and the rate per server core that implies."""
+    rows = {r["key"]: r for r in result["rows"]}
+    plain = rows["plain"]["reps"]
+    for row in result["rows"]:
+        reps = row["reps"]
+        if not reps:
+            continue
+        row["req_s"] = spread([r["ok_rate"] for r in reps])
+        row["p50_ms"] = spread([r["latency_ms"]["p50"] for r in reps])
+        row["p99_ms"] = spread([r["latency_ms"]["p99"] for r in reps])
+        row["server_cpu_us"] = spread([r.get("server_cpu_us_per_request") for r in reps])
+        row["generator_cpu_us"] = spread([r.get("generator_cpu_us_per_request") for r in reps])
+        row["generator_limited"] = sum(generator_limited(r) for r in reps) > len(reps) / 2
+        if row["key"] != "plain" and len(plain) == len(reps):
+            pairs = list(zip(reps, plain, strict=True))
+            row["req_s_vs_plain"] = spread([_ratio(r["ok_rate"], p["ok_rate"]) for r, p in pairs])
+            # capacity of the same CPU: plain's CPU per request over this one's
+            row["capacity_vs_plain"] = spread(
+                [
+                    _ratio(p.get("server_cpu_us_per_request"), r.get("server_cpu_us_per_request"))
+                    for r, p in pairs
+                ]
+            )
+    dtls, sc = rows["dtls"]["reps"], rows["scandium"]["reps"]
+    if dtls and len(sc) == len(dtls):
+        # how many times the CPU per request Scandium spends, against the collector's
+        result["scandium_cpu_vs_collector"] = spread(
+            [
+                _ratio(s.get("server_cpu_us_per_request"), d.get("server_cpu_us_per_request"))
+                for s, d in zip(sc, dtls, strict=True)
+            ]
+        )
+    for row in result["handshakes"]:
+        reps = row["reps"]
+        if not reps:
+            continue
+        row["rate"] = spread([r["handshake_rate"] for r in reps])
+        row["server_cpu_us"] = spread([r.get("server_cpu_us_per_handshake") for r in reps])
+        us = row["server_cpu_us"]["median"]
+        row["per_core"] = round(1e6 / us) if us else None
+        row["generator_limited"] = sum(r["generator_saturated"] for r in reps) > len(reps) / 2
+
+
+def _sp(sp: dict[str, Any] | None, digits: int = 0) -> str:
+    if not sp or sp.get("median") is None:
+        return "-"
+    return f"{sp['median']:.{digits}f} [{sp['min']:.{digits}f}-{sp['max']:.{digits}f}]"
+
+
+def dtls_table(result: dict[str, Any]) -> str:
+    """``--dtls-compare``'s table: one row per configuration (see :func:`dtls_summary`)."""
+    head = (
+        "| configuration | req/s (closed loop) | p50 ms | p99 ms | server CPU us/req |"
+        " req/s vs plain | capacity vs plain (CPU/req) | PSK handshakes/s completed |"
+        " server CPU us/handshake | handshakes/s per server core | generator CPU us/req |"
+    )
+    rows = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    shakes = {r["key"]: r for r in result["handshakes"]}
+    for row in result["rows"]:
+        if row.get("skipped") or not row.get("req_s"):
+            rows.append(f"| {row['name']} | {row.get('skipped', 'no run')} |" + " - |" * 10)
+            continue
+        hs = shakes.get(row["key"], {})
+        limited = " (generator limit)" if row["generator_limited"] else ""
+        hs_limited = " (generator limit)" if hs.get("generator_limited") else ""
+        per_core = hs.get("per_core")
+        rows.append(
+            f"| {row['name']} | {_sp(row['req_s'])}{limited} | {_sp(row['p50_ms'], 2)} |"
+            f" {_sp(row['p99_ms'], 2)} | {_sp(row['server_cpu_us'], 1)} |"
+            f" {_sp(row.get('req_s_vs_plain'), 2)} | {_sp(row.get('capacity_vs_plain'), 2)} |"
+            f" {_sp(hs.get('rate')) if hs.get('rate') else '-'}{hs_limited} |"
+            f" {_sp(hs.get('server_cpu_us')) if hs.get('server_cpu_us') else '-'} |"
+            f" {per_core if per_core else '-'} |"
+            f" {_sp(row['generator_cpu_us'], 1)} |"
+        )
+    return "\n".join(rows)
+
+
+def dtls_text(result: dict[str, Any]) -> str:
+    """The issue's three targets, each with its figure from ``result``."""
+    rows = {r["key"]: r for r in result["rows"]}
+    shakes = {r["key"]: r for r in result["handshakes"]}
+    dtls = rows["dtls"]
+    lines = []
+    rq, cap = dtls.get("req_s_vs_plain"), dtls.get("capacity_vs_plain")
+    if rq and rq.get("median") is not None:
+        lines.append(
+            f"- DTLS / plain CoAP on the same {result['workers']}-worker collector:"
+            f" {rq['median']:.2f}x the requests/s"
+            + (" (the generator's limit)" if dtls["generator_limited"] else "")
+            + (f", {cap['median']:.2f}x the requests per CPU second" if cap["median"] else "")
+            + " (target >= 0.5)."
+        )
+    hs = shakes["dtls"]
+    if hs.get("per_core"):
+        lines.append(
+            f"- PSK handshakes: {hs['rate']['median']:.0f}/s completed"
+            + (" (the generator's limit)" if hs["generator_limited"] else "")
+            + f"; {hs['server_cpu_us']['median']:.0f} us of server CPU each, so"
+            f" {hs['per_core']} handshakes/s per worker core (target >= 1000)."
+        )
+    sc = result.get("scandium_cpu_vs_collector")
+    if sc and sc.get("median") is not None:
+        lines.append(
+            f"- Per core: Scandium spends {sc['median']:.2f}x the collector's server CPU per"
+            f" DTLS request [{sc['min']:.2f}-{sc['max']:.2f}] (target: above 1)."
+        )
+    elif rows["scandium"].get("skipped"):
+        lines.append(f"- Scandium: {rows['scandium']['skipped']}.")
+    return "\n".join(lines)
 
 
 # --- plot --------------------------------------------------------------------------------------

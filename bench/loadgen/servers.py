@@ -7,6 +7,14 @@ or nftables table behind. Readiness is judged over CoAP (a GET /health that gets
 any 2.xx answer), never by a sleep; the same probe measures start-up time (exec to
 the first 2.05).
 
+Over DTLS (a :class:`loadgen.dtls.Psk` given): the collector gets a PSK file with
+that identity (namespace ``default``, sender ``bench``) in its temporary directory and
+serves coaps on a second free port beside plain CoAP (``--plain on``, so one process
+answers both and ``Fleet.ports`` names them); ``scandium`` is the Californium
+peer (``peers/californium``) serving coaps through Californium's DTLS connector,
+Scandium, with the key in its environment. A DTLS server is ready when a handshake
+completes.
+
 Replicas behind one address, two ways:
 
 * ``reuseport`` (default): N ``iot-collector serve --workers 1`` processes on the
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -37,19 +46,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import wire
+from . import dtls, wire
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 PEERS_DIR = BENCH_DIR / "peers"
 PEERS = ("echo", "aiocoap", "node-coap", "californium")
+DTLS_PEERS = ("scandium",)  # coaps only: needs a PSK
 # The Californium peer's JVM, as bench/peers/README.md explains: a fixed 1 GiB heap
 # (no resizing during a run; the bounded deduplicator needs far less) and G1, the
 # collector Californium's own benchmark instructions use, for short pauses.
 CALIFORNIUM_JVM = ("-Xms1g", "-Xmx1g", "-XX:+UseG1GC")
 # Every peer asks for the receive buffer the collector and the echo peer ask for.
 PEER_RCVBUF = 4 << 20
-SERVERS = ("collector", *PEERS)
+PLAIN_SERVERS = ("collector", *PEERS)
+SERVERS = (*PLAIN_SERVERS, *DTLS_PEERS)
 
 
 class ServerError(RuntimeError):
@@ -108,8 +119,15 @@ def probe(
     return None
 
 
-def wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    """Probe until a 2.xx answer; return the time it came. Raises ServerError."""
+def wait_ready(
+    host: str,
+    port: int,
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    psk: dtls.Psk | None = None,
+) -> float:
+    """Probe until a 2.xx answer (with ``psk``: until a DTLS handshake completes);
+    return the time it came. Raises ServerError."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -119,10 +137,15 @@ def wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], timeout: flo
                     err = proc.stderr.read() or b""
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise ServerError(f"server exited with {proc.returncode}: {tail[0]}")
+        if psk is not None:
+            if dtls.probe(host, port, psk, min(deadline, time.monotonic() + 1.0)):
+                return time.monotonic()
+            continue
         code = probe(host, port, min(deadline, time.monotonic() + 0.25))
         if code is not None and code >> 5 == 2:
             return time.monotonic()
-    raise ServerError(f"server on {host}:{port} did not answer GET /health in {timeout:.0f} s")
+    what = "complete a DTLS handshake" if psk is not None else "answer GET /health"
+    raise ServerError(f"server on {host}:{port} did not {what} in {timeout:.0f} s")
 
 
 # --- cgroup CPU limits (v2 cpu.max or v1 cpu.cfs_quota_us) -----------------------------
@@ -198,6 +221,7 @@ class Fleet:
     procs: list[Proc] = field(default_factory=list)
     netns: NetnsService | None = None
     tmpdir: str | None = None
+    ports: dict[str, int] = field(default_factory=dict)  # "coap", "coaps": where it listens
 
     def start(
         self,
@@ -207,6 +231,7 @@ class Fleet:
         netns: str | None = None,
         cwd: Path | None = None,
         cpus: Sequence[int] = (),
+        env: dict[str, str] | None = None,
     ) -> Proc:
         limit = None
         cmd = list(argv)
@@ -228,6 +253,7 @@ class Fleet:
                 stderr=subprocess.PIPE,
                 cwd=str(cwd or REPO),
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
         except OSError as exc:
             if limit:
@@ -343,6 +369,10 @@ def collector_argv(
         "--metrics-port",
         "0",
         "--share-port",  # reuseport replicas join one port on purpose (issue 14)
+        # warnings and errors only: at info a DTLS session logs its opening and closing,
+        # thousands a second in the handshake runs, into a pipe nobody reads
+        "--log-level",
+        "warning",
     ]
     if opts.sink == "elasticsearch" and opts.es_url:
         argv += ["--es-url", opts.es_url]
@@ -386,7 +416,7 @@ def node_ready() -> None:
             raise ServerError("npm install failed in bench/peers/node")
 
 
-def peer_argv(name: str, host: str, port: int) -> list[str]:
+def peer_argv(name: str, host: str, port: int, psk: dtls.Psk | None = None) -> list[str]:
     """The command line of peer ``name``; raises ServerError if it cannot run here."""
     hp = ["--host", host, "--port", str(port)]
     buf = ["--rcvbuf", str(PEER_RCVBUF)]
@@ -400,6 +430,11 @@ def peer_argv(name: str, host: str, port: int) -> list[str]:
     if name == "californium":
         jar = californium_jar()
         return ["java", *CALIFORNIUM_JVM, "-jar", str(jar), *hp]
+    if name == "scandium":
+        if psk is None:
+            raise ServerError("the scandium peer speaks coaps only: it needs a PSK")
+        jar = californium_jar()
+        return ["java", *CALIFORNIUM_JVM, "-jar", str(jar), *hp, "--psk-identity", psk.identity]
     raise ServerError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
 
 
@@ -408,7 +443,7 @@ def peer_available(name: str) -> str | None:
     try:
         if name == "node-coap":
             node_ready()
-        elif name == "californium":
+        elif name in ("californium", "scandium"):
             californium_jar()
         elif name == "aiocoap":
             import aiocoap  # noqa: F401
@@ -427,8 +462,10 @@ def start_server(
     cpu_limit: float | None = None,
     ready_timeout: float = 60.0,
     cpus: Sequence[int] = (),
+    psk: dtls.Psk | None = None,
 ) -> tuple[Fleet, str, int]:
-    """Start server ``name`` (``replicas`` copies for the collector); return (fleet, host, port).
+    """Start server ``name`` (``replicas`` copies for the collector); return (fleet, host,
+    port). With ``psk`` the port is the coaps one (see the module docstring).
 
     Raises ServerError with a one-line reason when it cannot.
     """
@@ -450,21 +487,49 @@ def start_server(
             ns.add_service(port)
             return fleet, ns.vip, port
         port = port or free_udp_port(host)
+        fleet.ports["coaps" if name in DTLS_PEERS else "coap"] = port
         if name == "collector":
             opts = collector or CollectorOptions()
             fleet.tmpdir = tempfile.mkdtemp(prefix="iotbench-")
+            if psk is not None:
+                fleet.ports["coaps"] = free_udp_port(host)
+                opts = CollectorOptions(
+                    opts.workers,
+                    opts.sink,
+                    opts.es_url,
+                    (*opts.extra, *_coaps_args(fleet.tmpdir, fleet.ports["coaps"], psk)),
+                )
             for i in range(replicas):
                 argv = collector_argv(host, port, opts, f"{fleet.tmpdir}/replica-{i}.db")
                 fleet.start(f"collector-{i}", argv, cpu_limit, cpus=cpus)
         else:
-            fleet.start(name, peer_argv(name, host, port), cpu_limit, cpus=cpus)
+            # the DTLS peer's key travels in its environment, not on its command line
+            env = {"CF_PEER_PSK_KEY_HEX": psk.key.hex()} if psk is not None else None
+            fleet.start(name, peer_argv(name, host, port, psk), cpu_limit, cpus=cpus, env=env)
         for p in fleet.procs:
-            wait_ready(host, port, p.popen, ready_timeout)
-        return fleet, host, port
+            if "coap" in fleet.ports:
+                wait_ready(host, port, p.popen, ready_timeout)
+            if psk is not None:
+                wait_ready(host, fleet.ports["coaps"], p.popen, ready_timeout, psk)
+        return fleet, host, fleet.ports["coaps"] if psk is not None else port
     except BaseException:
         fleet.stop()
         _LIVE.remove(fleet)
         raise
+
+
+def _coaps_args(tmpdir: str, port: int, psk: dtls.Psk) -> list[str]:
+    """The collector's coaps flags, with a PSK file naming ``psk`` (and plain kept on)."""
+    path = Path(tmpdir) / "psk.json"
+    entry = {"identity": psk.identity, "key_hex": psk.key.hex(), "namespace": "default",
+             "sender": wire.SENDER}  # fmt: skip
+    path.write_text(json.dumps({"identities": [entry]}))
+    path.chmod(0o600)
+    return [
+        "--coaps-port", str(port), "--psk-file", str(path), "--plain", "on",
+        # the handshake-rate run opens thousands of sessions, each closed at once
+        "--dtls-max-sessions", "100000",
+    ]  # fmt: skip
 
 
 def stop_fleet(fleet: Fleet) -> None:

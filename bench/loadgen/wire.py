@@ -33,6 +33,7 @@ _T_MARK_JSON = 1_999_999_999  # 10-digit placeholder in SenML JSON
 _T_MARK_CBOR = 0x7ADF00D5  # uint32 placeholder in SenML CBOR (encoded 0x1a + 4 bytes)
 
 _HEADER = struct.Struct(">HI")  # MID, token at offset 2
+SENDER = "bench"  # the events' sender on plain CoAP (over DTLS the identity names it)
 
 
 @dataclass
@@ -135,27 +136,28 @@ def origin_name(device: int) -> str:
     return f"dev-{device:05d}"
 
 
-def _events(origin: str, k: int) -> list[dict[str, object]]:
-    return [
-        {
-            "sender": "bench",
-            "origin": origin,
-            "payload": {"type": "temperature", "value": 21.5, "unit": "Cel"},
-            "id": _ID_MARK,
-        }
-        for _ in range(k)
-    ]
+def _events(origin: str, k: int, sender: str | None) -> list[dict[str, object]]:
+    event: dict[str, object] = {"sender": sender} if sender is not None else {}
+    event |= {
+        "origin": origin,
+        "payload": {"type": "temperature", "value": 21.5, "unit": "Cel"},
+        "id": _ID_MARK,
+    }
+    return [dict(event) for _ in range(k)]
 
 
-def body(fmt: str, origin: str, k: int) -> tuple[bytes, str, int, bytes]:
-    """The request body for ``k`` events of ``origin`` and how to find its patch points.
+def body(
+    fmt: str, origin: str, k: int, sender: str | None = SENDER
+) -> tuple[bytes, str, int, bytes]:
+    """The request body for ``k`` events of ``origin`` and how to find its patch points;
+    ``sender`` None leaves the field out (a DTLS identity supplies it).
 
     Returns (body, kind, field width, marker bytes).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if fmt in ("json", "cbor"):
-        evs = _events(origin, k)
+        evs = _events(origin, k, sender)
         doc: object = evs[0] if k == 1 else evs
         raw = json.dumps(doc, separators=(",", ":")).encode() if fmt == "json" else cbor2.dumps(doc)
         return raw, "id", 16, _ID_MARK.encode()
@@ -175,10 +177,16 @@ def body(fmt: str, origin: str, k: int) -> tuple[bytes, str, int, bytes]:
 
 
 def build_template(
-    fmt: str, origin: str, events: int, prefix: int, path: str = "/events", con: bool = True
+    fmt: str,
+    origin: str,
+    events: int,
+    prefix: int,
+    path: str = "/events",
+    con: bool = True,
+    sender: str | None = SENDER,
 ) -> Template:
     """Encode the request of one device (``origin``) once; see :class:`Template`."""
-    raw, kind, _width, mark = body(fmt, origin, events)
+    raw, kind, _width, mark = body(fmt, origin, events, sender)
     options = (
         *coap.path_to_options(path),
         (int(coap.OptionNumber.CONTENT_FORMAT), coap.encode_uint(int(_CONTENT_FORMAT[fmt]))),

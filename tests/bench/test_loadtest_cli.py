@@ -80,7 +80,9 @@ def test_help_documents_every_mode_and_flag() -> None:
         "--target", "--rate", "--rates", "--duration", "--devices", "--format",
         "--events-per-request", "--non", "--warmup", "--json", "--plot", "--server",
         "--compare", "--replicas", "--replicas-mode", "--cpu-limit", "--sink", "--es-url",
-        "--timeout", "--procs", "--p99-bound", "--startup-runs",
+        "--timeout", "--procs", "--p99-bound", "--startup-runs", "--dtls-compare",
+        "--psk-identity", "--psk-key", "--psk-key-hex", "--handshake-duration",
+        "--handshake-window",
     ):  # fmt: skip
         assert flag in r.stdout, flag
 
@@ -95,6 +97,19 @@ def test_help_documents_every_mode_and_flag() -> None:
         ("--replicas", "1,x"),
         ("--replicas-mode", "netns", "--server", "echo"),
         ("--sink", "elasticsearch", "--es-url", "", "--server", "collector"),
+        # coaps
+        ("--server", "collector", "--psk-key", "k"),
+        ("--server", "collector", "--psk-identity", "dev"),
+        ("--server", "collector", "--psk-identity", "dev", "--psk-key", "k", "--psk-key-hex", "00"),
+        ("--server", "collector", "--psk-identity", "dev", "--psk-key-hex", "zz"),
+        ("--server", "collector", "--psk-identity", "", "--psk-key", "k"),
+        ("--server", "scandium"),
+        ("--server", "echo", "--psk-identity", "dev", "--psk-key", "k"),
+        ("--compare", "--psk-identity", "dev", "--psk-key", "k"),
+        ("--replicas", "1", "--psk-identity", "dev", "--psk-key", "k"),
+        ("--dtls-compare", "--server", "echo"),
+        ("--dtls-compare", "--handshake-window", "0"),
+        ("--servers", "scandium", "--compare"),
     ],
 )
 def test_bad_flags_get_one_line_and_exit_2(args: tuple[str, ...]) -> None:

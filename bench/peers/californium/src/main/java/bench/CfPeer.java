@@ -3,6 +3,7 @@ package bench;
 import com.google.gson.JsonParser;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
 import java.util.concurrent.TimeUnit;
 import org.eclipse.californium.core.CoapResource;
 import org.eclipse.californium.core.CoapServer;
@@ -12,6 +13,12 @@ import org.eclipse.californium.core.network.CoapEndpoint;
 import org.eclipse.californium.core.server.resources.CoapExchange;
 import org.eclipse.californium.elements.config.Configuration;
 import org.eclipse.californium.elements.config.UdpConfig;
+import org.eclipse.californium.scandium.DTLSConnector;
+import org.eclipse.californium.scandium.config.DtlsConfig;
+import org.eclipse.californium.scandium.config.DtlsConfig.DtlsRole;
+import org.eclipse.californium.scandium.config.DtlsConnectorConfig;
+import org.eclipse.californium.scandium.dtls.cipher.CipherSuite;
+import org.eclipse.californium.scandium.dtls.pskstore.AdvancedMultiPskStore;
 
 /**
  * The Californium peer of bench/loadtest.py: POST /events parses the JSON body and
@@ -22,6 +29,12 @@ import org.eclipse.californium.elements.config.UdpConfig;
  * after 30 s instead of keeping every exchange for EXCHANGE_LIFETIME (247 s), which made
  * the heap grow into multi-second full GCs. No file written; the effective settings go
  * to stderr. Usage: java -jar cf-peer.jar --host H --port P; prints "ready" when serving.
+ *
+ * <p>With --psk-identity ID (and the key's hex digits in the environment variable
+ * CF_PEER_PSK_KEY_HEX, so it is not on the command line) the same server speaks coaps
+ * instead, through Californium's DTLS connector (Scandium): DTLS 1.2 with the PSK suites
+ * the collector offers (RFC 7252 §9.1.3.1), configured for load as Scandium's DtlsConfig
+ * documents it: a 4 MiB receive buffer, one receiver and one connector thread per core.
  */
 public final class CfPeer {
     /** The collector's and the echo peer's SO_RCVBUF. */
@@ -34,15 +47,19 @@ public final class CfPeer {
     public static void main(String[] args) {
         String host = "127.0.0.1";
         int port = 5683;
+        String identity = null;
         for (int i = 0; i + 1 < args.length; i += 2) {
             if (args[i].equals("--host")) {
                 host = args[i + 1];
             } else if (args[i].equals("--port")) {
                 port = Integer.parseInt(args[i + 1]);
+            } else if (args[i].equals("--psk-identity")) {
+                identity = args[i + 1];
             }
         }
         CoapConfig.register();
         UdpConfig.register();
+        DtlsConfig.register();
         Configuration config = Configuration.createStandardWithoutFile();
         int cores = Runtime.getRuntime().availableProcessors();
         config.set(UdpConfig.UDP_RECEIVE_BUFFER_SIZE, RECEIVE_BUFFER);
@@ -61,7 +78,11 @@ public final class CfPeer {
         CoapServer server = new CoapServer(config);
         CoapEndpoint.Builder builder = new CoapEndpoint.Builder();
         builder.setConfiguration(config);
-        builder.setInetSocketAddress(new InetSocketAddress(host, port));
+        if (identity == null) {
+            builder.setInetSocketAddress(new InetSocketAddress(host, port));
+        } else {
+            builder.setConnector(dtlsConnector(config, host, port, identity, cores));
+        }
         server.addEndpoint(builder.build());
         server.add(new CoapResource("events") {
             @Override
@@ -85,5 +106,35 @@ public final class CfPeer {
         server.start();
         System.out.println("ready");
         System.out.flush();
+    }
+
+    private static DTLSConnector dtlsConnector(
+            Configuration config, String host, int port, String identity, int cores) {
+        String hex = System.getenv("CF_PEER_PSK_KEY_HEX");
+        if (hex == null || hex.isEmpty() || hex.length() % 2 != 0) {
+            throw new IllegalArgumentException("--psk-identity needs CF_PEER_PSK_KEY_HEX");
+        }
+        byte[] key = new byte[hex.length() / 2];
+        for (int i = 0; i < key.length; i++) {
+            key[i] = (byte) Integer.parseInt(hex.substring(2 * i, 2 * i + 2), 16);
+        }
+        config.set(DtlsConfig.DTLS_ROLE, DtlsRole.SERVER_ONLY);
+        config.set(DtlsConfig.DTLS_CIPHER_SUITES, Arrays.asList(
+            CipherSuite.TLS_PSK_WITH_AES_128_CCM_8, CipherSuite.TLS_PSK_WITH_AES_128_CCM));
+        config.set(DtlsConfig.DTLS_RECEIVE_BUFFER_SIZE, RECEIVE_BUFFER);
+        config.set(DtlsConfig.DTLS_RECEIVER_THREAD_COUNT, cores);
+        config.set(DtlsConfig.DTLS_CONNECTOR_THREAD_COUNT, cores);
+        config.set(DtlsConfig.DTLS_MAX_CONNECTIONS, 200_000);  // the handshake-rate runs
+        System.err.println("cf-peer: coaps (Scandium), dtls receive buffer "
+            + config.get(DtlsConfig.DTLS_RECEIVE_BUFFER_SIZE)
+            + ", receiver threads " + config.get(DtlsConfig.DTLS_RECEIVER_THREAD_COUNT)
+            + ", connector threads " + config.get(DtlsConfig.DTLS_CONNECTOR_THREAD_COUNT)
+            + ", cipher suites " + config.get(DtlsConfig.DTLS_CIPHER_SUITES));
+        AdvancedMultiPskStore store = new AdvancedMultiPskStore();
+        store.setKey(identity, key);
+        DtlsConnectorConfig.Builder dtls = DtlsConnectorConfig.builder(config);
+        dtls.setAddress(new InetSocketAddress(host, port));
+        dtls.setAdvancedPskStore(store);
+        return new DTLSConnector(dtls.build());
     }
 }
