@@ -31,6 +31,12 @@ replaced.
 Both loops record answers per 100 ms (the timeline a stall shows in) and the
 process's own CPU time and run-queue wait (``/proc/self/schedstat``), so the report
 can say whether the generator, rather than the server, was the limit.
+
+Engines: these loops are also written in C (``engine.c`` through
+:mod:`loadgen.cengine`), rule for rule, for when the interpreter's per-request cost
+is the ceiling; ``LoadSpec.engine`` picks one (``auto``: C where it can run). Both
+return :func:`raw_result`'s dict, so the report cannot tell them apart but by its
+``engine`` field.
 """
 
 from __future__ import annotations
@@ -46,14 +52,14 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 from collector import mmsg
 
-from . import batch, dtls, wire
+from . import batch, cengine, dtls, wire
 from .histogram import _EXACT, _HALF, N_BUCKETS, SUB_BITS, LogHistogram
 from .schedule import Schedule
 
@@ -105,6 +111,9 @@ class LoadSpec:
     # a handshake-rate run instead of a load: ``window`` fresh sessions at a time per
     # process, each closed once open, for ``duration`` s (loadgen.dtls.handshake_share)
     handshakes: bool = False
+    # the loops' engine: "python" (this module), "c" (loadgen.cengine), "auto" (C where
+    # it can run, see cengine.choose)
+    engine: str = "auto"
 
     @property
     def dtls(self) -> bool:
@@ -190,6 +199,7 @@ class _Devices:
             )
             for d in self.ids
         ]
+        self.templates = templates
         self.size = len(templates[0].buf)
         if any(len(t.buf) != self.size for t in templates):
             raise ValueError("device templates differ in length")
@@ -328,13 +338,15 @@ def run_share(
             _publish(progress, index, (done, done, done, 0, 0))
 
         return dtls.handshake_share(spec, index, begin, publish)
+    loop = _closed_loop if spec.window else _open_loop
+    if cengine.choose(spec) == "c":
+        loop = cengine.closed_loop if spec.window else cengine.open_loop
     devs = _Devices(spec, index)
     try:
         if ready is not None:
             start = ready()
         elif start is None:
             start = time.monotonic() + 0.05
-        loop = _closed_loop if spec.window else _open_loop
         return loop(spec, index, start, progress, devs)
     finally:
         devs.close()
@@ -412,9 +424,7 @@ def _open_loop(
             return -1
         return ((seq // burst) * ndev + dev) * burst + seq % burst
 
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    sch0 = _schedstat()
-    wall0 = mono()
+    meter = _Meter()
     while True:
         now = mono()
         # 1. send everything that is due, a device burst per sendmmsg
@@ -590,22 +600,15 @@ def _open_loop(
                     lat_min = lat
             last_answer = now
 
-    wall = mono() - wall0
-    sch1 = _schedstat()
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    used = meter.read()
     timeouts += state.count(_PENDING, k_warm) + state.count(_EMPTY_ACKED, k_warm)
     _publish(progress, index, (sent_measured, answered, ok, timeouts, retrans))
-    return {
-        "mode": "open",
-        "index": index,
-        "devices": ndev,
-        "start": start,
+    counts = {
         "measured_from": start + spec.first_measured / spec.rate,
         "sent": sent_measured,
         "sent_total": k,
         "answered": answered,
         "ok": ok,
-        "codes": _codes(codes),
         "timeouts": timeouts,
         "retransmissions": retrans,
         "send_errors": send_errors,
@@ -617,20 +620,68 @@ def _open_loop(
         "first_send": first_send,
         "last_send": last_send,
         "last_answer": last_answer,
-        "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-        "runq_wait_s": sch1[1] - sch0[1],
-        "wall_s": wall,
+    }
+    latency = _histogram(lat_counts, lat_min, lat_max)
+    lag = _histogram(lag_counts, 0, lag_max)
+    return raw_result("open", index, devs, start, counts, codes, used, timeline, latency, lag)
+
+
+class _Meter:
+    """This process's CPU time, run-queue wait and wall time from its creation on."""
+
+    def __init__(self) -> None:
+        self.ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        self.sch0 = _schedstat()
+        self.wall0 = time.monotonic()
+
+    def read(self) -> dict[str, float]:
+        wall = time.monotonic() - self.wall0
+        sch1 = _schedstat()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        ru0 = self.ru0
+        return {
+            "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+            "runq_wait_s": sch1[1] - self.sch0[1],
+            "wall_s": wall,
+        }
+
+
+def raw_result(
+    mode: str,
+    index: int,
+    devs: _Devices,
+    start: float,
+    counts: dict[str, Any],
+    codes: Sequence[int],
+    used: dict[str, float],
+    timeline: list[int],
+    latency: dict[str, object],
+    lag: dict[str, object],
+    engine: str = "python",
+) -> dict[str, Any]:
+    """One process's raw result, the same for every loop and engine: ``counts`` (the
+    counters and times of :mod:`loadgen.report`'s merge), ``codes`` per code byte
+    (index 256: RST), ``used`` from :class:`_Meter`, the timeline and histograms."""
+    return {
+        "mode": mode,
+        "index": index,
+        "devices": len(devs.ids),
+        "start": start,
+        **counts,
+        "codes": _codes(codes),
+        **used,
         "batched": devs.batched,
         "dtls": devs.links is not None,
         "dtls_errors": devs.dtls_errors(),
+        "engine": engine,
         "timeline_hz": TIMELINE_HZ,
         "timeline": timeline,
-        "latency": _histogram(lat_counts, lat_min, lat_max),
-        "lag": _histogram(lag_counts, 0, lag_max),
+        "latency": latency,
+        "lag": lag,
     }
 
 
-def _codes(codes: list[int]) -> dict[str, int]:
+def _codes(codes: Sequence[int]) -> dict[str, int]:
     return {("RST" if c == 256 else wire.code_str(c)): n for c, n in enumerate(codes) if n}
 
 
@@ -679,9 +730,8 @@ def _closed_loop(
 
     while mono() < start:
         time.sleep(min(0.01, max(0.0, start - mono())))
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    sch0 = _schedstat()
-    wall0 = now = mono()
+    meter = _Meter()
+    now = mono()
     for dev in range(ndev):
         sent += refill(dev, window, now)
     next_sweep = now + 0.05
@@ -755,23 +805,16 @@ def _closed_loop(
                 sent += n
                 if measuring:
                     sent_measured += n
-    wall = mono() - wall0
-    sch1 = _schedstat()
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    used = meter.read()
     ok = sum(codes[64:96])
     _publish(progress, index, (sent_measured, answered, ok, lost, 0))
-    return {
-        "mode": "closed",
+    counts = {
         "window": window,
-        "index": index,
-        "devices": ndev,
-        "start": start,
         "measured_from": measure_from,
         "sent": sent_measured,
         "sent_total": sent,
         "answered": answered,
         "ok": ok,
-        "codes": _codes(codes),
         "timeouts": lost,
         "retransmissions": 0,
         "send_errors": send_errors,
@@ -784,17 +827,10 @@ def _closed_loop(
         "first_send": measure_from,
         "last_send": min(end_at, mono()),
         "last_answer": end_at,
-        "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-        "runq_wait_s": sch1[1] - sch0[1],
-        "wall_s": wall,
-        "batched": devs.batched,
-        "dtls": devs.links is not None,
-        "dtls_errors": devs.dtls_errors(),
-        "timeline_hz": TIMELINE_HZ,
-        "timeline": timeline,
-        "latency": _histogram(lat_counts, lat_min, lat_max),
-        "lag": _histogram([0] * N_BUCKETS, None, 0),
     }
+    latency = _histogram(lat_counts, lat_min, lat_max)
+    lag = _histogram([0] * N_BUCKETS, None, 0)
+    return raw_result("closed", index, devs, start, counts, codes, used, timeline, latency, lag)
 
 
 def _child(spec: LoadSpec, index: int, progress: Any, conn: Connection) -> None:
@@ -844,6 +880,10 @@ def run_load(
     stream = stream if stream is not None else sys.stderr
     if not spec.bind:
         spec = LoadSpec(**{**asdict(spec), "bind": pick_bind_address(spec.host)})
+    try:  # chosen (and the C engine compiled) once, before the processes fork
+        spec = LoadSpec(**{**asdict(spec), "engine": cengine.choose(spec)})
+    except ValueError as exc:
+        raise GeneratorError(str(exc)) from None
     ctx = mp.get_context("fork")
     progress = ctx.RawArray("d", spec.procs * _NFIELDS)
     children = []

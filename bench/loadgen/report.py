@@ -99,6 +99,7 @@ def merge(raw: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "timeline_hz": int(raw[0].get("timeline_hz", 10)) if raw else 10,
         "batched": all(r.get("batched", False) for r in raw),
         "dtls": any(r.get("dtls", False) for r in raw),
+        "engine": "+".join(sorted({str(r.get("engine", "python")) for r in raw})) or "python",
     }
 
 
@@ -202,6 +203,7 @@ def summarize(
         "generator_runq_share": round(m["runq_share"], 2),
         "machine_busy": m["runq_share"] >= STARVED_SHARE,
         "generator_batched": m["batched"],
+        "generator_engine": m["engine"],
         "dtls": m["dtls"],
         "generator_cpu_s": round(m["cpu_s"], 3),
         "generator_cpu_us_per_request": (
@@ -366,7 +368,7 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> str:
     head = (
         "| configuration | offered/s | sent/s | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms |"
         " max ms | codes | timeouts | retrans | gen lag p99 ms | stalls | server CPU us/req |"
-        " gen CPU us/req |"
+        " gen CPU us/req (engine) |"
     )
     rows = [head, "|" + "---|" * 16]
     for r in runs:
@@ -383,7 +385,8 @@ def runs_table(runs: Sequence[dict[str, Any]]) -> str:
             f" {r['retransmissions']} | {_f(r['send_lag_ms']['p99'])}{behind} |"
             f" {_stall_text(r.get('stalls'))} |"
             f" {_f(r.get('server_cpu_us_per_request'), 1)} |"
-            f" {_f(r.get('generator_cpu_us_per_request'), 1)} |"
+            f" {_f(r.get('generator_cpu_us_per_request'), 1)}"
+            f" ({r.get('generator_engine', 'python')}) |"
         )
     return "\n".join(rows)
 

@@ -46,12 +46,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dtls, wire
+from . import dtls, native, wire
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 PEERS_DIR = BENCH_DIR / "peers"
-PEERS = ("echo", "aiocoap", "node-coap", "californium")
+PEERS = ("echo", "echo-c", "aiocoap", "node-coap", "californium")
 DTLS_PEERS = ("scandium",)  # coaps only: needs a PSK
 # The Californium peer's JVM, as bench/peers/README.md explains: a fixed 1 GiB heap
 # (no resizing during a run; the bounded deduplicator needs far less) and G1, the
@@ -422,6 +422,11 @@ def peer_argv(name: str, host: str, port: int, psk: dtls.Psk | None = None) -> l
     buf = ["--rcvbuf", str(PEER_RCVBUF)]
     if name == "echo":
         return [sys.executable, str(PEERS_DIR / "echo.py"), *hp]
+    if name == "echo-c":
+        try:
+            return [str(native.build(native.ECHO_SOURCE, shared=False)), *hp, *buf]
+        except native.NativeError as exc:
+            raise ServerError(f"echo-c: {exc}") from None
     if name == "aiocoap":
         return [sys.executable, str(PEERS_DIR / "aiocoap_server.py"), *hp, *buf]
     if name == "node-coap":
@@ -445,9 +450,11 @@ def peer_available(name: str) -> str | None:
             node_ready()
         elif name in ("californium", "scandium"):
             californium_jar()
+        elif name == "echo-c":
+            native.build(native.ECHO_SOURCE, shared=False)
         elif name == "aiocoap":
             import aiocoap  # noqa: F401
-    except (ServerError, ImportError, subprocess.TimeoutExpired) as exc:
+    except (ServerError, ImportError, subprocess.TimeoutExpired, native.NativeError) as exc:
         return str(exc)
     return None
 

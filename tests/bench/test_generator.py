@@ -2,7 +2,8 @@
 
 Each responder is a real socket in a thread, scripted to misbehave one way: drop
 first copies (retransmission), answer separately (empty ACK then CON), stall
-(coordinated omission), or not exist (timeouts).
+(coordinated omission), or not exist (timeouts). Every rule is checked on both
+engines (the Python loops and loadgen/engine.c), which must count alike.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+from loadgen import cengine
 from loadgen.generator import LoadSpec, run_share
 from loadgen.histogram import LogHistogram
 
@@ -47,6 +49,15 @@ def responder(handler: Handler) -> Iterator[int]:
         sock.close()
 
 
+@pytest.fixture(params=["python", "c"])
+def engine(request: pytest.FixtureRequest) -> str:
+    if request.param == "c":
+        why = cengine.why_not(LoadSpec(host="127.0.0.1", port=1, rate=1.0, duration=1.0))
+        if why:
+            pytest.skip(why)
+    return str(request.param)
+
+
 def ack(data: bytes, code: int = 0x41) -> bytes:
     tkl = data[0] & 0x0F
     return bytes((0x60 | tkl, code)) + data[2 : 4 + tkl]
@@ -67,16 +78,17 @@ def spec(port: int, **kw: object) -> LoadSpec:
     return LoadSpec(**base)  # type: ignore[arg-type]
 
 
-def test_every_request_is_answered_and_counted() -> None:
+def test_every_request_is_answered_and_counted(engine: str) -> None:
     with responder(lambda s, d, a: s.sendto(ack(d), a)) as port:
-        r = run_share(spec(port), 0)
+        r = run_share(spec(port, engine=engine), 0)
+    assert r["engine"] == engine
     assert r["sent"] == 200
     assert r["answered"] == r["ok"] == 200
     assert r["codes"] == {"2.01": 200}
     assert r["timeouts"] == 0 and r["retransmissions"] == 0
 
 
-def test_lost_first_copies_are_retransmitted_and_latency_includes_the_wait() -> None:
+def test_lost_first_copies_are_retransmitted_and_latency_includes_the_wait(engine: str) -> None:
     seen: set[tuple[tuple[str, int], bytes]] = set()
 
     def drop_first(s: socket.socket, d: bytes, a: tuple[str, int]) -> None:
@@ -87,7 +99,9 @@ def test_lost_first_copies_are_retransmitted_and_latency_includes_the_wait() -> 
         s.sendto(ack(d), a)
 
     with responder(drop_first) as port:
-        r = run_share(spec(port, rate=100.0, ack_timeout=0.2, ack_random_factor=1.0), 0)
+        r = run_share(
+            spec(port, engine=engine, rate=100.0, ack_timeout=0.2, ack_random_factor=1.0), 0
+        )
     assert r["sent"] == 100
     assert r["retransmissions"] == 100
     assert r["ok"] == 100 and r["timeouts"] == 0
@@ -95,7 +109,7 @@ def test_lost_first_copies_are_retransmitted_and_latency_includes_the_wait() -> 
     assert lat.min is not None and lat.min >= 200_000  # microseconds: one ACK_TIMEOUT
 
 
-def test_separate_responses_are_acked_and_counted_at_the_response() -> None:
+def test_separate_responses_are_acked_and_counted_at_the_response(engine: str) -> None:
     acks_back: list[bytes] = []
     mid = [0x4000]
 
@@ -112,7 +126,9 @@ def test_separate_responses_are_acked_and_counted_at_the_response() -> None:
         s.sendto(resp, a)
 
     with responder(separate) as port:
-        r = run_share(spec(port, rate=100.0, ack_timeout=0.3, ack_random_factor=1.0), 0)
+        r = run_share(
+            spec(port, engine=engine, rate=100.0, ack_timeout=0.3, ack_random_factor=1.0), 0
+        )
         time.sleep(0.1)
     assert r["ok"] == 100
     assert r["separate_responses"] == 100
@@ -121,7 +137,7 @@ def test_separate_responses_are_acked_and_counted_at_the_response() -> None:
     assert all(len(x) == 4 and x[1] == 0 for x in acks_back)
 
 
-def test_a_stalled_server_cannot_hide_its_queue() -> None:
+def test_a_stalled_server_cannot_hide_its_queue(engine: str) -> None:
     """Open loop: requests keep going out during a stall and count from their schedule."""
     state = {"stalled": False}
 
@@ -132,7 +148,7 @@ def test_a_stalled_server_cannot_hide_its_queue() -> None:
         s.sendto(ack(d), a)
 
     with responder(stall_once) as port:
-        r = run_share(spec(port, rate=200.0, duration=1.5, timeout=3.0), 0)
+        r = run_share(spec(port, engine=engine, rate=200.0, duration=1.5, timeout=3.0), 0)
     assert r["sent"] == 300  # the generator did not wait for the server
     assert r["ok"] == 300
     lat = LogHistogram.from_dict(r["latency"])
@@ -148,27 +164,27 @@ def _lo(index: int) -> int:
     return bucket_bounds(index)[0]
 
 
-def test_nobody_listening_counts_timeouts() -> None:
+def test_nobody_listening_counts_timeouts(engine: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = run_share(spec(port, rate=100.0, duration=0.5, timeout=0.3, non=True), 0)
+    r = run_share(spec(port, engine=engine, rate=100.0, duration=0.5, timeout=0.3, non=True), 0)
     assert r["sent"] == 50
     assert r["answered"] == 0
     assert r["timeouts"] == 50
 
 
 @pytest.mark.parametrize("procs", [1, 2])
-def test_warmup_requests_are_sent_but_not_measured(procs: int) -> None:
+def test_warmup_requests_are_sent_but_not_measured(procs: int, engine: str) -> None:
     with responder(lambda s, d, a: s.sendto(ack(d), a)) as port:
-        sp = spec(port, rate=100.0, duration=1.0, warmup=0.5, procs=procs)
+        sp = spec(port, engine=engine, rate=100.0, duration=1.0, warmup=0.5, procs=procs)
         results = [run_share(sp, i, start=time.monotonic() + 0.05) for i in range(procs)]
     assert sum(r["sent_total"] for r in results) == 150
     assert sum(r["sent"] for r in results) == 100
     assert sum(r["ok"] for r in results) == 100
 
 
-def test_closed_loop_keeps_its_window_per_socket_and_counts_losses() -> None:
+def test_closed_loop_keeps_its_window_per_socket_and_counts_losses(engine: str) -> None:
     """Closed loop: never more than `window` requests in flight per device; a dropped
     request frees its slot at the timeout and counts as lost."""
     in_flight: dict[tuple[str, int], int] = {}
@@ -187,7 +203,9 @@ def test_closed_loop_keeps_its_window_per_socket_and_counts_losses() -> None:
         s.sendto(ack(d), a)
 
     with responder(answer_late) as port:
-        r = run_share(spec(port, window=2, devices=4, duration=1.0, warmup=0.0, timeout=0.3), 0)
+        r = run_share(
+            spec(port, engine=engine, window=2, devices=4, duration=1.0, warmup=0.0, timeout=0.3), 0
+        )
     assert r["mode"] == "closed"
     assert r["answered"] > 50 and r["ok"] == r["answered"]
     assert most[0] <= 2
@@ -195,7 +213,7 @@ def test_closed_loop_keeps_its_window_per_socket_and_counts_losses() -> None:
     assert sum(r["timeline"]) >= r["answered"]
 
 
-def test_open_loop_bursts_reach_every_device_with_distinct_mids() -> None:
+def test_open_loop_bursts_reach_every_device_with_distinct_mids(engine: str) -> None:
     seen: dict[tuple[str, int], set[bytes]] = {}
 
     def record(s: socket.socket, d: bytes, a: tuple[str, int]) -> None:
@@ -203,7 +221,59 @@ def test_open_loop_bursts_reach_every_device_with_distinct_mids() -> None:
         s.sendto(ack(d), a)
 
     with responder(record) as port:
-        r = run_share(spec(port, rate=400.0, devices=4, burst=8), 0)
+        r = run_share(spec(port, engine=engine, rate=400.0, devices=4, burst=8), 0)
     assert r["ok"] == 400
     assert len(seen) == 4
     assert sum(len(m) for m in seen.values()) == 400  # no MID reused on a device
+
+
+def test_both_engines_give_the_same_shape_and_merge() -> None:
+    """The C engine's raw result has the Python engine's keys and types, and results of
+    both engines merge into one summary whose counts are their sums."""
+    if cengine.why_not(LoadSpec(host="127.0.0.1", port=1, rate=1.0, duration=1.0)):
+        pytest.skip("no C engine here")
+    from loadgen import report
+
+    results = {}
+    with responder(lambda s, d, a: s.sendto(ack(d), a)) as port:
+        for index, name in enumerate(("python", "c")):
+            sp = spec(port, engine=name, procs=2, rate=200.0, duration=0.5)
+            results[name] = run_share(sp, index)
+    py, c = results["python"], results["c"]
+    assert set(py) == set(c)
+    for key, value in py.items():
+        assert type(c[key]) is type(value), key
+    assert set(py["latency"]) == set(c["latency"]) and len(c["timeline"]) == len(py["timeline"])
+    sp = spec(port, procs=2, rate=200.0, duration=0.5)
+    merged = report.summarize([py, c], sp, "both", "scripted", 1)
+    assert merged["sent"] == py["sent"] + c["sent"] == 100
+    assert merged["ok"] == 100 and merged["codes"] == {"2.01": 100}
+    assert merged["generator_engine"] == "c+python"
+    assert sum(c for _i, c in merged["histogram_us"]["buckets"]) == 100
+
+
+def test_engine_choice() -> None:
+    base = LoadSpec(host="127.0.0.1", port=1, rate=1.0, duration=1.0)
+    dtls = LoadSpec(host="127.0.0.1", port=1, rate=1.0, duration=1.0, psk_identity="d")
+    assert cengine.choose(LoadSpec(**{**base.__dict__, "engine": "python"})) == "python"
+    assert cengine.choose(LoadSpec(**{**dtls.__dict__, "engine": "auto"})) == "python"
+    with pytest.raises(ValueError, match="plain CoAP only"):
+        cengine.choose(LoadSpec(**{**dtls.__dict__, "engine": "c"}))
+    if cengine.why_not(base) is None:
+        assert cengine.choose(base) == "c"
+
+
+@pytest.mark.parametrize("window", [0, 2])
+def test_run_load_merges_processes_of_either_engine(engine: str, window: int) -> None:
+    """Two forked processes, the shared progress array written by each (from C too)."""
+    from loadgen import report
+    from loadgen.generator import run_load
+
+    with responder(lambda s, d, a: s.sendto(ack(d), a)) as port:
+        sp = spec(port, engine=engine, procs=2, rate=200.0, duration=0.5, window=window)
+        raw = run_load(sp, show_progress=False)
+    assert [r["index"] for r in raw] == [0, 1] and {r["engine"] for r in raw} == {engine}
+    s = report.summarize(raw, sp, "two", "scripted", 1)
+    assert s["ok"] == s["answered"] == sum(r["ok"] for r in raw) > 0
+    if not window:
+        assert s["sent"] == 100

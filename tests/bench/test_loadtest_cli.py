@@ -82,7 +82,7 @@ def test_help_documents_every_mode_and_flag() -> None:
         "--compare", "--replicas", "--replicas-mode", "--cpu-limit", "--sink", "--es-url",
         "--timeout", "--procs", "--p99-bound", "--startup-runs", "--dtls-compare",
         "--psk-identity", "--psk-key", "--psk-key-hex", "--handshake-duration",
-        "--handshake-window",
+        "--handshake-window", "--engine",
     ):  # fmt: skip
         assert flag in r.stdout, flag
 
@@ -110,6 +110,8 @@ def test_help_documents_every_mode_and_flag() -> None:
         ("--dtls-compare", "--server", "echo"),
         ("--dtls-compare", "--handshake-window", "0"),
         ("--servers", "scandium", "--compare"),
+        ("--server", "collector", "--engine", "c", "--psk-identity", "d", "--psk-key", "k"),
+        ("--server", "echo", "--engine", "rust"),
     ],
 )
 def test_bad_flags_get_one_line_and_exit_2(args: tuple[str, ...]) -> None:
