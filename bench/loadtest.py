@@ -33,7 +33,9 @@ Modes (pick one; the default is --target):
                               PSK handshakes/s (achieved, and per server core from its
                               CPU per handshake); medians of --repeats interleaved
                               repetitions with their spread. A PSK is made up for the run
-                              unless --psk-identity/--psk-key give one
+                              unless --psk-identity/--psk-key give one; every row uses the
+                              Python engine (DTLS runs need it), so plain CoAP and DTLS
+                              share one generator
   --startup-runs N            (any mode) median time from exec of `iot-collector serve`
                               to its first 2.05 on GET /health, over N starts
 
@@ -415,7 +417,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--window must be >= 0")
     if args.grow <= 1.0:
         raise UsageError("--grow must be above 1")
-    if args.engine == "c" and args.psk is not None:
+    if args.engine == "c" and (args.psk is not None or args.dtls_compare):
         raise UsageError("--engine c speaks plain CoAP only: leave it out for DTLS")
     if args.pin and shutil.which("taskset") is None:
         raise UsageError("--pin needs taskset (util-linux)")
@@ -777,7 +779,10 @@ class Bench:
                     if entry.get("handshakes"):
                         run = self.handshake_run(host, port, entry["name"], name, fleet, psk)
                     else:
-                        spec = self.max_spec(host, port, psk, plain)
+                        # the same generator for plain CoAP as for DTLS: the Python engine
+                        spec = dataclasses.replace(
+                            self.max_spec(host, port, psk, plain), engine="python"
+                        )
                         run = self.run(host, port, 0.0, entry["name"], name, fleet=fleet, spec=spec)
                     entry["reps"].append(run)
         finally:

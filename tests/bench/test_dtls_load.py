@@ -285,6 +285,7 @@ def test_dtls_compare_reports_plain_dtls_and_handshakes(tmp_path: Path) -> None:
             assert run["mode"] == "closed" and run["ok"] == run["answered"] > 0
             assert run["server_cpu_us_per_request"] > 0
     assert [run["dtls"] for run in plain["reps"] + dtls_row["reps"]] == [False] * 2 + [True] * 2
+    assert {run["generator_engine"] for run in plain["reps"] + dtls_row["reps"]} == {"python"}
     assert dtls_row["req_s_vs_plain"]["n"] == 2
     shakes = res["handshakes"][0]
     assert len(shakes["reps"]) == 2 and all(s["handshakes"] > 0 for s in shakes["reps"])

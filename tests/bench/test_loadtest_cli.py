@@ -112,6 +112,7 @@ def test_help_documents_every_mode_and_flag() -> None:
         ("--servers", "scandium", "--compare"),
         ("--server", "collector", "--engine", "c", "--psk-identity", "d", "--psk-key", "k"),
         ("--server", "echo", "--engine", "rust"),
+        ("--dtls-compare", "--engine", "c"),
     ],
 )
 def test_bad_flags_get_one_line_and_exit_2(args: tuple[str, ...]) -> None:
