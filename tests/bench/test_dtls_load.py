@@ -14,7 +14,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,9 @@ from loadgen.generator import LoadSpec, run_share
 
 from collector.dtls import DtlsServer, make_backend
 from collector.psk import PskEntry, PskStore
+from tests.bench.test_generator import ack, responder
+from tests.bench.test_generator import spec as plain_spec
+from tests.bench.test_loadtest_cli import loadtest
 from tests.server.conftest import free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,9 +40,11 @@ IDENTITY, KEY = "dev-17", b"a text key for dev-17"
 Answer = Callable[[bytes], list[bytes]]
 
 
-def ack(plain: bytes, code: int = 0x41) -> bytes:
-    tkl = plain[0] & 0x0F
-    return bytes((0x60 | tkl, code)) + plain[2 : 4 + tkl]
+def spec(port: int, **kw: object) -> LoadSpec:
+    """The generator tests' load, over DTLS as IDENTITY, on 4 devices for 0.5 s."""
+    base: dict[str, object] = {"duration": 0.5, "devices": 4, "psk_identity": IDENTITY,
+                               "psk_key": KEY}  # fmt: skip
+    return plain_spec(port, **{**base, **kw})
 
 
 @contextmanager
@@ -49,56 +53,22 @@ def dtls_responder(answer: Answer) -> Iterator[tuple[int, list[bytes]]]:
     yields its port and the list of plaintexts it received."""
     store = PskStore({IDENTITY: PskEntry(IDENTITY, KEY, "lab", IDENTITY)})
     server = DtlsServer(make_backend("openssl", store), max_sessions=10_000, idle_timeout=60)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.05)
-    stop = threading.Event()
     seen: list[bytes] = []
 
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            opened = server.datagram(data, peer, time.monotonic())
-            if opened is not None:
-                session, plains = opened
-                for plain in plains:
-                    seen.append(plain)
-                    for reply in answer(plain):
-                        server.send(session, reply)
-            for record, to in server.outbox:
-                sock.sendto(record, to)
-            server.outbox.clear()
+    def handle(sock: socket.socket, data: bytes, peer: tuple[str, int]) -> None:
+        opened = server.datagram(data, peer, time.monotonic())
+        if opened is not None:
+            session, plains = opened
+            for plain in plains:
+                seen.append(plain)
+                for reply in answer(plain):
+                    server.send(session, reply)
+        for record, to in server.outbox:
+            sock.sendto(record, to)
+        server.outbox.clear()
 
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield sock.getsockname()[1], seen
-    finally:
-        stop.set()
-        t.join(timeout=2)
-        sock.close()
-
-
-def spec(port: int, **kw: object) -> LoadSpec:
-    base: dict[str, object] = dict(
-        host="127.0.0.1",
-        port=port,
-        rate=200.0,
-        duration=0.5,
-        warmup=0.0,
-        devices=4,
-        timeout=2.0,
-        bind="127.0.0.1",
-        psk_identity=IDENTITY,
-        psk_key=KEY,
-    )
-    base.update(kw)
-    return LoadSpec(**base)  # type: ignore[arg-type]
+    with responder(handle) as port:
+        yield port, seen
 
 
 def test_open_loop_over_dtls_counts_every_request_once_and_names_no_sender() -> None:
@@ -212,16 +182,6 @@ def test_dtls_summary_takes_ratios_within_each_repetition() -> None:
     assert "0.60 [0.60-0.60]" in table and "2222" in table
     text = report.dtls_text(result)
     assert "0.60x the requests/s" in text and "3.50x" in text and "2222 handshakes/s" in text
-
-
-def loadtest(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(LOADTEST), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
 
 
 @pytest.mark.integration
