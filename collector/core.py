@@ -61,6 +61,9 @@ MAX_AGE_OVERLOADED = 1  # seconds: the queue drains within milliseconds
 MAX_AGE_STORE_DOWN = 5  # seconds: a store restart takes longer
 MAX_AGE_DRAINING = 2  # seconds: another replica or the restarted worker answers then
 SOURCE_CACHE = 16384  # peers whose "host:port" is kept (cleared when full)
+# 1/PENDING_RESERVE of --max-pending is kept for owners under their share, so one
+# device (or one address) that fills the queue cannot shut the others out.
+PENDING_RESERVE = 8
 
 _CON, _NON, _ACK = int(coap.Type.CON), int(coap.Type.NON), int(coap.Type.ACK)
 _RST = int(coap.Type.RST)
@@ -146,6 +149,10 @@ class RequestCore:
         self.blocks = Reassembly(self.limits.max_body)
         self.shapes = _EVENT_SHAPES if fast_path else coap.RequestShapes.empty()
         self.pending = 0  # events handed to the store and not yet answered
+        # Owner -> its events in `pending`, released when a request completes. Past
+        # `_soft` pending, only owners under their share are taken (see _admit).
+        self._held: dict[Hashable, int] = {}
+        self._soft = config.max_pending - config.max_pending // PENDING_RESERVE
         self.health = resources.HEALTH_OK  # what /health says; the shell keeps it true
         self.draining = False
         # Told of every answer, (peer, request MID, code), when set: the shell's
@@ -239,6 +246,7 @@ class RequestCore:
                 self._judge(request, position, result)
             request.remaining -= 1
             if request.remaining == 0:
+                self._release(request)
                 self._complete(request, now)
         self.pending -= len(batch)
         self.stats.events_stored += stored
@@ -405,23 +413,50 @@ class RequestCore:
                 raise TooManyRequests(
                     "rate limit exceeded", options=((_MAX_AGE, coap.encode_uint(wait)),)
                 )
-        # Over max-pending: 5.03 at once. A request larger than max-pending itself is
-        # still taken when nothing waits, or it could never be accepted.
+        count = len(events)
         pending = self.pending
-        if pending and pending + len(events) > self.config.max_pending:
-            self.stats.overloaded += 1
-            raise Unavailable("overloaded", options=((_MAX_AGE, max_age(MAX_AGE_OVERLOADED)),))
+        if pending + count > self._soft:
+            self._admit(owner, count)
+        held = self._held
+        held[owner] = held.get(owner, 0) + count
         request = Request(peer, mid, token, mtype, size, now, owner)
-        request.remaining = len(events)
+        request.remaining = request.events = count
         request.options = echo
         request.silent = silent
         self._seen.add(request.key, owner, now, (size, request))  # not a duplicate: absent
         if mtype == _CON:
             self.exchange.track(request)
-        self.pending = pending + len(events)
+        self.pending = pending + count
         store = self.store
         for position, event in enumerate(events):
             store(event, request, position)
+
+    def _admit(self, owner: Hashable, count: int) -> None:
+        """Back-pressure once pending is past the soft limit: 5.03 with Max-Age for
+        a request that would pass --max-pending, and in the reserve between the two
+        for an owner already holding its share (the soft limit over the owners with
+        events pending, this one counted). A request larger than --max-pending
+        itself is still taken when nothing waits, or it could never be accepted."""
+        pending, held = self.pending, self._held
+        if pending + count > self.config.max_pending and pending:
+            reason = "overloaded"
+        else:
+            mine = held.get(owner, 0)
+            share = self._soft // (len(held) + (not mine))
+            if not mine or mine + count <= share:
+                return
+            reason = "overloaded: this device's share"
+        self.stats.overloaded += 1
+        raise Unavailable(reason, options=((_MAX_AGE, max_age(MAX_AGE_OVERLOADED)),))
+
+    def _release(self, request: Request) -> None:
+        """A request is complete: its events leave its owner's share."""
+        held, owner = self._held, request.owner
+        left = held[owner] - request.events
+        if left:
+            held[owner] = left
+        else:
+            del held[owner]
 
     def _too_large(self) -> RequestError:
         """RFC 7252 §5.9.2.9: 4.13 with Size1, the largest body taken."""

@@ -55,6 +55,7 @@ class Request:
         "deadline",
         "error",
         "error_code",
+        "events",
         "key",
         "mid",
         "options",
@@ -88,6 +89,7 @@ class Request:
         self.received = received
         self.key = (peer, mid)
         self.remaining = 0
+        self.events = 0  # how many it carries: its charge on the owner's pending share
         self.deadline = 0.0  # when an empty ACK is due, if still unanswered
         self.options: tuple[tuple[int, bytes], ...] = ()  # echoed in the final response
         # The first failed event's answer (code 0: none): 4.00 > 4.09 > 5.03, each
