@@ -29,6 +29,9 @@ V = TypeVar("V")
 
 _MARKER = 0xFF
 _MISSING = object()
+_STARTS = bytes(
+    4 + (b & 0x0F) if b & 0xE0 == 0x40 and b & 0x0F <= 8 else 0 for b in range(256)
+)
 
 
 class RequestShapes(Generic[V]):
@@ -68,22 +71,23 @@ class RequestShapes(Generic[V]):
         :func:`coap.decode` would return the request with exactly the shape's options.
         """
         n = len(data)
-        if n < 6 or n > DEFAULT_MAX_MESSAGE_SIZE or data[1] != self._code:
+        # _STARTS[first byte]: where the options begin, for version 1, type CON or
+        # NON and a token of 0-8 bytes; 0 for any other first byte.
+        if not 6 <= n <= DEFAULT_MAX_MESSAGE_SIZE or data[1] != self._code:
             return None
         first = data[0]
-        # Version 1, type CON (0) or NON (1), token length 0-8.
-        if first & 0xE0 != 0x40 or first & 0x0F > 8:
+        start = _STARTS[first]
+        if not start:
             return None
-        start = 4 + (first & 0x0F)
-        marker = data.find(b"\xff", start)
-        if marker <= 0 or marker >= n - 1:  # no marker, or a marker with no payload
+        marker = data.find(0xFF, start)
+        if marker < 0 or marker == n - 1:  # no marker, or a marker with no payload
             return None
         value = self._table.get(data[start:marker], _MISSING)
         if value is _MISSING:
             return None
         return (
-            (first >> 4) & 3,
-            (data[2] << 8) | data[3],
+            first >> 4 & 3,
+            data[2] << 8 | data[3],
             data[4:start],
             value,  # type: ignore[return-value]
             data[marker + 1 :],

@@ -149,10 +149,11 @@ class RequestCore:
         self.blocks = Reassembly(self.limits.max_body)
         self.shapes = _EVENT_SHAPES if fast_path else coap.RequestShapes.empty()
         self.pending = 0  # events handed to the store and not yet answered
-        # Owner -> its events in `pending`, released when a request completes. Past
-        # `_soft` pending, only owners under their share are taken (see _admit).
+        # The pending queue's shares (see _admit): owner -> its events admitted while
+        # more than `_counted` were pending, released when their request completes.
         self._held: dict[Hashable, int] = {}
         self._soft = config.max_pending - config.max_pending // PENDING_RESERVE
+        self._counted = self._soft // 2
         self.health = resources.HEALTH_OK  # what /health says; the shell keeps it true
         self.draining = False
         # Told of every answer, (peer, request MID, code), when set: the shell's
@@ -185,14 +186,14 @@ class RequestCore:
                 if (peer, mid) in self._seen_keys and self.exchange.duplicate(peer, mid, size):
                     self.stats.duplicates += 1
                     return
-                head = (mtype, mid, token, peer, size, now, owner)
-                if self.draining:
-                    self._refuse(head, _draining(), _POST_EVENTS)
-                    return
                 try:
-                    self._post_events(head, fmt, payload, wall_ms, None, identity)
+                    if self.draining:
+                        raise _draining()
+                    self._post_events(
+                        mtype, mid, token, peer, size, now, owner, fmt, payload, wall_ms, identity
+                    )
                 except coap.CoapError as exc:
-                    self._refuse(head, exc, _POST_EVENTS)
+                    self._refuse((mtype, mid, token, peer, size, now, owner), exc, _POST_EVENTS)
                 return
         try:
             msg = coap.decode(data)
@@ -239,6 +240,7 @@ class RequestCore:
     ) -> None:
         """A written batch: count its outcomes and answer every request it completes."""
         stored = 0
+        held = self._held
         for (_event, request, position), result in zip(batch, results, strict=True):
             if result is STORED:  # what sinks return for a new document
                 stored += 1
@@ -246,7 +248,13 @@ class RequestCore:
                 self._judge(request, position, result)
             request.remaining -= 1
             if request.remaining == 0:
-                self._release(request)
+                if request.charged:  # its events leave its owner's share
+                    owner = request.owner
+                    left = held[owner] - request.charged
+                    if left:
+                        held[owner] = left
+                    else:
+                        del held[owner]
                 self._complete(request, now)
         self.pending -= len(batch)
         self.stats.events_stored += stored
@@ -288,7 +296,9 @@ class RequestCore:
         if msg.code != method:
             raise RequestError(f"use {coap.Code(method).name}", code=coap.Code.METHOD_NOT_ALLOWED)
         if name is resources.EVENTS:
-            self._post_events(head, msg.content_format, msg.payload, wall_ms, msg, identity, silent)
+            self._post_events(
+                *head, msg.content_format, msg.payload, wall_ms, identity, msg, silent
+            )
         else:
             self._read(name, msg, head, silent)
 
@@ -343,23 +353,29 @@ class RequestCore:
 
     def _post_events(
         self,
-        head: Head,
+        mtype: int,
+        mid: int,
+        token: bytes,
+        peer: Peer,
+        size: int,
+        now: float,
+        owner: Hashable,
         fmt: int | None,
         payload: bytes,
         wall_ms: int,
-        msg: coap.Message | None,
         identity: Identity | None,
+        msg: coap.Message | None = None,
         silent: int = 0,
     ) -> None:
-        """POST /events. `msg` is the decoded request, or None from the fast path
+        """POST /events: a request's head (see `Head`, spread: the fast path builds
+        no tuple), its body, and the decoded request, or None from the fast path
         (whose options are only Uri-Path and Content-Format)."""
-        mtype, mid, token, peer, size, now, owner = head
-        if fmt is not None and fmt not in _EVENT_FORMATS:
-            raise coap.UnsupportedContentFormat(
-                fmt, f"content format {fmt} not supported; use 50, 60, 110 or 112"
-            )
         echo: Options = ()
-        if msg is not None:
+        if msg is not None:  # (a shape's Content-Format is always one of ours)
+            if fmt is not None and fmt not in _EVENT_FORMATS:
+                raise coap.UnsupportedContentFormat(
+                    fmt, f"content format {fmt} not supported; use 50, 60, 110 or 112"
+                )
             # §5.10.8: /events is a collection with no representation of its own, so
             # an If-Match never matches and an If-None-Match finds it existing.
             if msg.option(_IF_MATCH) is not None:
@@ -375,6 +391,7 @@ class RequestCore:
                 )
                 echo = ((_BLOCK1, block1),)
                 if assembled is None:
+                    head = (mtype, mid, token, peer, size, now, owner)
                     self._answer(head, _CONTINUE, options=echo, silent=silent)
                     return
                 payload, fmt = assembled
@@ -415,14 +432,10 @@ class RequestCore:
                 )
         count = len(events)
         pending = self.pending
-        if pending + count > self._soft:
+        request = Request(peer, mid, token, mtype, size, now, owner, count, echo, silent)
+        if pending + count > self._counted:  # a queue half full: shares count
             self._admit(owner, count)
-        held = self._held
-        held[owner] = held.get(owner, 0) + count
-        request = Request(peer, mid, token, mtype, size, now, owner)
-        request.remaining = request.events = count
-        request.options = echo
-        request.silent = silent
+            request.charged = count
         self._seen.add(request.key, owner, now, (size, request))  # not a duplicate: absent
         if mtype == _CON:
             self.exchange.track(request)
@@ -432,31 +445,30 @@ class RequestCore:
             store(event, request, position)
 
     def _admit(self, owner: Hashable, count: int) -> None:
-        """Back-pressure once pending is past the soft limit: 5.03 with Max-Age for
-        a request that would pass --max-pending, and in the reserve between the two
-        for an owner already holding its share (the soft limit over the owners with
-        events pending, this one counted). A request larger than --max-pending
-        itself is still taken when nothing waits, or it could never be accepted."""
-        pending, held = self.pending, self._held
-        if pending + count > self.config.max_pending and pending:
-            reason = "overloaded"
-        else:
-            mine = held.get(owner, 0)
-            share = self._soft // (len(held) + (not mine))
-            if not mine or mine + count <= share:
-                return
-            reason = "overloaded: this device's share"
-        self.stats.overloaded += 1
-        raise Unavailable(reason, options=((_MAX_AGE, max_age(MAX_AGE_OVERLOADED)),))
+        """Back-pressure, once more than half the soft limit is pending.
 
-    def _release(self, request: Request) -> None:
-        """A request is complete: its events leave its owner's share."""
-        held, owner = self._held, request.owner
-        left = held[owner] - request.events
-        if left:
-            held[owner] = left
-        else:
-            del held[owner]
+        A request that would pass --max-pending gets 5.03 with Max-Age (one larger
+        than --max-pending itself is still taken when nothing waits, or it could
+        never be). Between the soft limit and --max-pending lies the reserve: there a
+        request is refused when its owner already holds its share, the counted half
+        of the soft limit divided among the owners holding counted events, this one
+        included. Events are counted from half the soft limit only, which keeps the
+        common case (a short queue) free of per-owner bookkeeping; the uncounted
+        events are the oldest, so they are the first to be answered."""
+        pending, held = self.pending, self._held
+        mine = held.get(owner, 0)
+        total = pending + count
+        reason = ""
+        if total > self.config.max_pending and pending:
+            reason = "overloaded"
+        elif total > self._soft and mine:
+            share = (self._soft - self._counted) // len(held)
+            if mine + count > share:
+                reason = "overloaded: this device's share"
+        if reason:
+            self.stats.overloaded += 1
+            raise Unavailable(reason, options=((_MAX_AGE, max_age(MAX_AGE_OVERLOADED)),))
+        held[owner] = mine + count
 
     def _too_large(self) -> RequestError:
         """RFC 7252 §5.9.2.9: 4.13 with Size1, the largest body taken."""
@@ -556,6 +568,26 @@ class RequestCore:
 
     def _complete(self, request: Request, now: float) -> None:
         """Every event of `request` has its result: answer it."""
+        if request.error_code or request.options or request.separate or request.silent:
+            self._complete_other(request, now)
+            return
+        # The common answer: 2.01, piggybacked on the ACK of a CON, or as a NON.
+        if request.type == _CON:
+            rtype, mid = _ACK, request.mid
+        else:
+            rtype, mid = _NON, self.exchange.next_mid()
+        data = header(rtype, _CREATED, mid, request.token)
+        peer = request.peer
+        self.outbox.append((data, peer))
+        self._seen.replace(request.key, (request.size, data))
+        stats = self.stats
+        stats.requests[_POST_CREATED] += 1
+        stats.latency.observe(now - request.received)
+        if self.access is not None:
+            self.access(peer, request.mid, _CREATED)
+
+    def _complete_other(self, request: Request, now: float) -> None:
+        """`_complete` for any answer but a plain 2.01 as ACK or NON."""
         peer, token, options = request.peer, request.token, request.options
         code = request.error_code or _CREATED
         if request.separate:  # the empty ACK went out already: a CON of our own (§5.2.2)
@@ -565,16 +597,7 @@ class RequestCore:
         else:
             rtype, mid = _NON, self.exchange.next_mid()
         if code == _CREATED and not options:
-            data = header(rtype, code, mid, token)  # the common answer
-            if not request.silent and not request.separate:
-                self._emit(data, peer)
-                self._seen.replace(request.key, (request.size, data))
-                stats = self.stats
-                stats.requests[_POST_CREATED] += 1
-                stats.latency.observe(now - request.received)
-                if self.access is not None:
-                    self.access(peer, request.mid, code)
-                return
+            data = header(rtype, code, mid, token)
         else:
             if code == _CREATED:
                 diagnostic = ""

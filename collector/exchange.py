@@ -52,10 +52,10 @@ class Request:
     """A request whose events are being stored. Completes when every event has a result."""
 
     __slots__ = (
+        "charged",
         "deadline",
         "error",
         "error_code",
-        "events",
         "key",
         "mid",
         "options",
@@ -78,25 +78,28 @@ class Request:
         type_: int,
         size: int,
         received: float,
-        owner: Hashable = None,
+        owner: Hashable,
+        events: int = 0,
+        options: tuple[tuple[int, bytes], ...] = (),
+        silent: int = 0,
     ) -> None:
         self.peer = peer
-        self.owner = peer[0] if owner is None else owner  # whose share it counts in
+        self.owner = owner  # whose share it counts in: source address or identity
         self.mid = mid
         self.token = token
         self.type = type_
         self.size = size  # request datagram length: the response's size limit
         self.received = received
         self.key = (peer, mid)
-        self.remaining = 0
-        self.events = 0  # how many it carries: its charge on the owner's pending share
+        self.remaining = events  # events still without a result
+        self.charged = 0  # its events counted in its owner's pending share, if any
         self.deadline = 0.0  # when an empty ACK is due, if still unanswered
-        self.options: tuple[tuple[int, bytes], ...] = ()  # echoed in the final response
+        self.options = options  # echoed in the final response
         # The first failed event's answer (code 0: none): 4.00 > 4.09 > 5.03, each
         # with the first such event's reason.
         self.error_code = 0
         self.error = ""
-        self.silent = 0  # No-Response (RFC 7967): the classes not to answer, as bits
+        self.silent = silent  # No-Response (RFC 7967): the classes not to answer, as bits
         self.separate = False
 
 

@@ -93,6 +93,35 @@ class FairTable(Generic[K, V]):
         """`put` for a key the caller knows is absent (one lookup fewer: the dedup
         table's hot path has just looked). Returns the key evicted, if any."""
         entries = self._entries
+        queue = self._queues.get(owner)
+        if queue is None:
+            return self._add_slowly(key, owner, now, value)
+        # The common cases inline: an owner that holds entries, with room or with a
+        # victim (see _evict) that keeps an entry after this one goes. While any
+        # owner holds entries, some owner is the heaviest known.
+        heavy: list[Any] = self._heavy_queue  # type: ignore[assignment]
+        evicted = None
+        if len(entries) >= self.capacity:
+            victim = queue if len(queue) - queue[0] >= len(heavy) - heavy[0] else heavy
+            head = victim[0] + 1
+            if head + 1 >= len(victim):  # its last entry: the owner goes too
+                return self._add_slowly(key, owner, now, value)
+            evicted = victim[head]
+            del entries[evicted]
+            victim[head] = None
+            if head > 8 and head * 2 > len(victim):
+                del victim[1 : head + 1]  # compact: amortised O(1)
+                head = 0
+            victim[0] = head
+        entries[key] = (owner, now, value)
+        queue.append(key)
+        if heavy is not queue and len(queue) - queue[0] > len(heavy) - heavy[0]:
+            self._heavy, self._heavy_queue = owner, queue
+        return evicted
+
+    def _add_slowly(self, key: K, owner: Hashable, now: float, value: V) -> K | None:
+        """`add` for a new owner, or when the table is full."""
+        entries = self._entries
         queues = self._queues
         queue = queues.get(owner)
         if queue is None:

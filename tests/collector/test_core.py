@@ -120,11 +120,11 @@ def test_one_address_that_fills_the_queue_leaves_the_reserve_to_the_others() -> 
 
 
 def test_the_reserve_goes_to_owners_under_their_share_and_max_pending_still_bounds_it() -> None:
-    core, items = make(max_pending=16)  # soft 14: a share of 7 each for two owners
+    core, items = make(max_pending=16)  # soft 14, counted from 7 on: shares of 7
     for i in range(14):
         core.datagram(post(i), ("10.0.0.1", 2000 + i), 1.0, WALL_MS)
     assert core.pending == 14
-    for i in range(4):  # a second owner: under its share of 7 until --max-pending
+    for i in range(4):  # a second owner: under its share (3) until --max-pending
         core.datagram(post(100 + i), ("10.0.0.2", 3000 + i), 1.0, WALL_MS)
     assert core.pending == 16
     assert _codes(core) == [Code.SERVICE_UNAVAILABLE] * 2

@@ -81,7 +81,7 @@ def test_same_mid_with_another_length_is_dropped_not_answered_from_cache() -> No
 
 def test_duplicate_while_storing_is_absorbed_then_acked_once_separate() -> None:
     layer, sent = make_layer()
-    req = Request(PEER, 9, b"t", 0, 30, 0.0)
+    req = Request(PEER, 9, b"t", 0, 30, 0.0, PEER[0])
     req.remaining = 1
     layer.remember(req.key, "h", 0.0, 30, req)
     layer.track(req)

@@ -53,19 +53,24 @@ def test_replacing_a_value_keeps_its_place_and_owner() -> None:
 def test_counts_stay_consistent_and_a_dominant_owner_pays_for_evictions(
     ops: list[tuple[str, int, int]],
 ) -> None:
-    """Against a model: the table never exceeds capacity, owners' counts add up, and
-    while one owner holds more than half the table, every eviction takes its entry."""
+    """Against a model: the table never exceeds capacity, owners' counts add up, an
+    eviction takes its victim's oldest entry, and while one owner holds more than half
+    the table, every eviction takes its entry."""
     t: FairTable[tuple[int, int], int] = FairTable(8)
     now = 0.0
     for op, key, owner in ops:
         now += 1.0
         if op == "put":
             counts = {o: t.owned(o) for o in range(5)}
+            oldest: dict[int, tuple[int, int]] = {}
+            for k, (o, _when, _value) in t.items():  # arrival order
+                oldest.setdefault(o, k)
             evicted = t.put((owner, key), owner, now, key)
             if evicted is not None:
                 after = {o: t.owned(o) for o in range(5)}
                 victims = [o for o in range(5) if after[o] < counts[o] + (o == owner)]
                 assert victims == [evicted[0]]
+                assert evicted == oldest[evicted[0]]  # the victim's oldest entry went
                 dominant = [o for o, c in counts.items() if c > 4]
                 if dominant:
                     assert victims == dominant
