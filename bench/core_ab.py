@@ -5,11 +5,16 @@ is how README's "what the request core costs" figures were made. Check the old
 commit out beside this one (`git worktree add /tmp/before f2beed6`), then:
 
     python bench/core_ab.py --before /tmp/before micro          # in process
+    python bench/core_ab.py --before /tmp/before instructions   # in process, counted
+    python bench/core_ab.py --before /tmp/before instructions --dedup-capacity 20000
     python bench/core_ab.py --before /tmp/before load --rate 15000
 
 `micro`: 20,000 plain event POSTs per repetition fed to one worker's request path in
 process (no sockets, null sink, a batch closed every 64 datagrams), the best CPU time
-per request of each tree's runs. `load`: each tree's `iot-collector serve --workers 1
+per request of each tree's runs. `instructions`: the same loop run under callgrind
+(valgrind), the instructions one request costs: deterministic, so the one A/B here
+that other work on a shared machine cannot disturb (`--dedup-capacity 20000`: a dedup
+table full from the second repetition on, so every request also evicts). `load`: each tree's `iot-collector serve --workers 1
 --sink null` loaded by this checkout's bench/loadtest.py; the worker's CPU per request
 from /proc, and the generator's p50 and p99. Trees alternate in every repetition, so
 a change in the machine's load hits both alike.
@@ -19,89 +24,144 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parents[1]
 N = 20_000
 
 
-def _micro_run(tree: str, reps: int) -> float:
-    """In this process, with `tree` first on sys.path: the best µs per request."""
+def _feeder(tree: str, dedup_capacity: int | None) -> tuple[Any, Any, Any]:
+    """With `tree` first on sys.path: its request path's feed(data, peer, now,
+    wall_ms), its batch driver, and what to call after each burst."""
     sys.path.insert(0, tree)
     import asyncio
 
+    from collector.config import Config
+
+    flags = {} if dedup_capacity is None else {"dedup_capacity": dedup_capacity}
+    try:
+        from collector.core import RequestCore  # the request core
+    except ImportError:
+        RequestCore = None
+    if RequestCore is not None:
+        from collector.batching import BatchDriver
+        from collector.sinks.null import NullSink
+
+        def on_results(batch: list, results: list) -> None:
+            core.on_results(batch, results, 0.0)
+
+        driver = BatchDriver(NullSink(), on_results, batch_max=500, batch_ms=5, max_flushes=4)
+        core = RequestCore(Config(sink="null", **flags), driver.add)
+        return core.datagram, driver, core.outbox.clear
+    from collector.worker import Worker
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        worker = Worker(0, sock, Config(sink="null", **flags), metrics=False, batched_io=False)
+    worker._send = lambda _d, _p: None  # type: ignore[method-assign]
+    worker._loop = asyncio.get_running_loop()
+    return worker._handle, worker.driver, lambda: None
+
+
+def _datagrams() -> list[bytes]:
     import orjson
 
     import coap
-    from collector.config import Config
 
     body = orjson.dumps(
         {"sender": "demo", "origin": "probe1", "payload": {"type": "temperature", "value": 15.5}}
     )
     options = ((11, b"events"), (12, b"\x32"))
+    return [
+        coap.encode(coap.Message(coap.Type.CON, coap.Code.POST, i & 0xFFFF, b"tok4", options, body))
+        for i in range(N)
+    ]
+
+
+def _peers(rep: int) -> list[tuple[str, int]]:
+    """Repetition `rep`'s 20,000 peers: 200 addresses with 100 ports each, none seen
+    in another repetition (so nothing is a duplicate)."""
+    return [(f"127.0.{rep}.{i % 200}", 10_000 + i // 200) for i in range(N)]
+
+
+async def _feed(feed: Any, driver: Any, sent: Any, datagrams: list[bytes], peers: list) -> None:
+    wall_ms = int(time.time() * 1000)
+    for start in range(0, N, 64):  # a batch closed every 64 datagrams, like a read burst
+        for j in range(start, min(N, start + 64)):
+            feed(datagrams[j], peers[j], 1.0, wall_ms)
+        driver.close_idle()
+        sent()
+    await driver.wait_idle()
+
+
+def _micro_run(tree: str, reps: int) -> float:
+    """In this process: the best CPU µs per request of `reps` repetitions."""
+    import asyncio
 
     async def run() -> float:
-        try:
-            from collector.core import RequestCore  # the request core
-        except ImportError:
-            RequestCore = None
-        from collector.batching import BatchDriver
-        from collector.sinks.null import NullSink
-
+        feed, driver, sent = _feeder(tree, None)
         best = float("inf")
-        if RequestCore is not None:
-            cfg = Config(sink="null")
-            core = None
-
-            def on_results(batch: list, results: list) -> None:
-                assert core is not None
-                core.on_results(batch, results, 0.0)
-
-            driver = BatchDriver(NullSink(), on_results, batch_max=500, batch_ms=5, max_flushes=4)
-            core = RequestCore(cfg, driver.add)
-            feed = core.datagram
-
-            def sent() -> None:
-                core.outbox.clear()
-
-        else:
-            from collector.worker import Worker
-
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                worker = Worker(0, sock, Config(sink="null"), metrics=False, batched_io=False)
-            worker._send = lambda _d, _p: None  # type: ignore[method-assign]
-            worker._loop = asyncio.get_running_loop()
-            feed = worker._handle
-            driver = worker.driver
-
-            def sent() -> None:
-                return None
-
         for rep in range(reps):
-            datagrams = [
-                coap.encode(
-                    coap.Message(coap.Type.CON, coap.Code.POST, i & 0xFFFF, b"tok4", options, body)
-                )
-                for i in range(N)
-            ]
-            peers = [(f"127.0.{rep}.{i % 200}", 10_000 + i // 200) for i in range(N)]
-            wall_ms = int(time.time() * 1000)
+            datagrams, peers = _datagrams(), _peers(rep)
             t0 = time.process_time()
-            for start in range(0, N, 64):
-                for j in range(start, min(N, start + 64)):
-                    feed(datagrams[j], peers[j], 1.0, wall_ms)
-                driver.close_idle()
-                sent()
+            await _feed(feed, driver, sent, datagrams, peers)
             best = min(best, (time.process_time() - t0) / N * 1e6)
-            await driver.wait_idle()
         return best
 
     return asyncio.run(run())
+
+
+def _counted_run(tree: str, reps: int, dedup_capacity: int | None) -> None:
+    """`reps` repetitions for callgrind to count, after a set-up that does not depend
+    on `reps` (so two counts' difference is the repetitions' cost alone), with the
+    worker's GC settings (collector.worker.serve_forever)."""
+    import asyncio
+    import gc
+
+    datagrams = _datagrams()
+    peers = [_peers(rep) for rep in range(IR_REPS[1])]
+
+    async def run() -> None:
+        feed, driver, sent = _feeder(tree, dedup_capacity)
+        for rep in range(reps):
+            await _feed(feed, driver, sent, datagrams, peers[rep])
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
+    asyncio.run(run())
+
+
+IR_REPS = (1, 3)  # repetitions counted: the second count less the first is the cost
+
+
+def instructions(trees: dict[str, str], dedup_capacity: int | None) -> None:
+    """Instructions per request, counted by callgrind: deterministic, so unlike the
+    timed modes it is not disturbed by other work on the machine."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("core_ab: instructions needs valgrind (apt-get install valgrind)")
+    extra = [] if dedup_capacity is None else [str(dedup_capacity)]
+    for name, tree in trees.items():
+        counts = []
+        for reps in IR_REPS:
+            out = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                 sys.executable, __file__, "_counted", tree, str(reps), *extra],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            found = re.search(r"Collected : (\d+)", out.stderr)
+            if found is None:
+                raise SystemExit(f"core_ab: no callgrind count in: {out.stderr[-300:]}")
+            counts.append(int(found.group(1)))
+        per = (counts[1] - counts[0]) / ((IR_REPS[1] - IR_REPS[0]) * N)
+        print(f"{name}: {per:,.0f} instructions/request")
 
 
 def micro(trees: dict[str, str], reps: int, rounds: int) -> None:
@@ -164,6 +224,10 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "_micro":
         print(_micro_run(sys.argv[2], int(sys.argv[3])))
         return
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "_counted":
+        capacity = int(sys.argv[4]) if len(sys.argv) == 5 else None
+        _counted_run(sys.argv[2], int(sys.argv[3]), capacity)
+        return
     parser = argparse.ArgumentParser(
         description="A/B of the request path against an older checkout"
     )
@@ -173,6 +237,13 @@ def main() -> None:
     m = sub.add_parser("micro")
     m.add_argument("--reps", type=int, default=15)
     m.add_argument("--rounds", type=int, default=3)
+    ir = sub.add_parser("instructions")
+    ir.add_argument(
+        "--dedup-capacity",
+        type=int,
+        default=None,
+        help="a table this small is full after its first repetition (default: the default)",
+    )
     lo = sub.add_parser("load")
     lo.add_argument("--rate", type=int, default=15000)
     lo.add_argument("--duration", type=float, default=4.0)
@@ -181,6 +252,8 @@ def main() -> None:
     trees = {"before": str(Path(args.before).resolve()), "after": str(Path(args.after).resolve())}
     if args.mode == "micro":
         micro(trees, args.reps, args.rounds)
+    elif args.mode == "instructions":
+        instructions(trees, args.dedup_capacity)
     else:
         load(trees, args.rate, args.duration, args.reps)
 

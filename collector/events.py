@@ -626,7 +626,10 @@ def decode_json_events(
 ) -> list[Event]:
     """`decode_events` for a JSON body (Content-Format 50 or none), the server's hot
     path: positional arguments, and a single event object without the array walk."""
-    body = _load_json(payload)
+    try:  # _load_json, inlined on this path
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise InvalidEvent("body: malformed JSON") from None
     if type(body) is dict:
         events = [_event(body, -1, limits, source, mid, received_ms, worker, identity)]
     else:
