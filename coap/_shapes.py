@@ -29,9 +29,7 @@ V = TypeVar("V")
 
 _MARKER = 0xFF
 _MISSING = object()
-_STARTS = bytes(
-    4 + (b & 0x0F) if b & 0xE0 == 0x40 and b & 0x0F <= 8 else 0 for b in range(256)
-)
+_STARTS = bytes(4 + (b & 0x0F) if b & 0xE0 == 0x40 and b & 0x0F <= 8 else 0 for b in range(256))
 
 
 class RequestShapes(Generic[V]):
