@@ -44,7 +44,6 @@ _SSL_CTRL_SET_MIN_PROTO_VERSION = 123
 _SSL_CTRL_SET_MAX_PROTO_VERSION = 124
 _DTLS1_2_VERSION = 0xFEFD
 _BIO_C_SET_BUF_MEM_EOF_RETURN = 130
-_BIO_CTRL_PENDING = 10
 _SSL_ERROR_SSL = 1
 _SSL_ERROR_WANT_READ = 2
 _SSL_ERROR_ZERO_RETURN = 6
@@ -92,6 +91,7 @@ class _Lib:
             (ssl, "SSL_read", _INT, [_P, ctypes.c_char_p, _INT]),
             (ssl, "SSL_write", _INT, [_P, ctypes.c_char_p, _INT]),
             (ssl, "SSL_shutdown", _INT, [_P]),
+            (ssl, "SSL_has_pending", _INT, [_P]),
             (ssl, "SSL_get_psk_identity", ctypes.c_char_p, [_P]),
             (ssl, "SSL_get_current_cipher", _P, [_P]),
             (ssl, "SSL_CIPHER_standard_name", ctypes.c_char_p, [_P]),
@@ -241,8 +241,10 @@ class OpensslConnection:
             n = lib.SSL_read(ssl, buf, _MAX_PLAINTEXT)
             if n > 0:
                 out.append(ctypes.string_at(buf, n))
-                # The usual datagram is one record: stop without the failing read.
-                if not lib.BIO_ctrl(self._rbio, _BIO_CTRL_PENDING, 0, None):
+                # OpenSSL takes the whole datagram from the BIO at its first record, so
+                # only the SSL object knows whether more records follow; the usual
+                # datagram is one record: stop without the failing read.
+                if not lib.SSL_has_pending(ssl):
                     return out
                 continue
             err = lib.SSL_get_error(ssl, n)
