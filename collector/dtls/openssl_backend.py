@@ -54,6 +54,7 @@ _COOKIE_BUCKET = 60  # seconds
 _COOKIE_LEN = 20  # 4-byte bucket + 16 bytes of HMAC
 _OPENSSL_CIPHERS = b"PSK-AES128-CCM8:PSK-AES128-CCM"
 _MAX_PLAINTEXT = 1 << 14
+_BUF_LEN = 1 << 16  # the backend's one buffer for plaintexts read and records written
 
 _PSK_CB = ctypes.CFUNCTYPE(
     ctypes.c_uint, _P, ctypes.c_char_p, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_uint
@@ -64,12 +65,31 @@ _COOKIE_GEN_CB = ctypes.CFUNCTYPE(
 _COOKIE_VERIFY_CB = ctypes.CFUNCTYPE(_INT, _P, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_uint)
 
 
+# The calls made for every record, bound a second time without argtypes (as `raw_*`):
+# ctypes then converts no argument through a from_param method, which is most of what
+# a small call costs. Their arguments must be what C expects without conversion:
+# pointers as c_void_p instances or buffers, the int lengths as Python ints.
+_RAW = (
+    ("ssl", "SSL_read"),  # int SSL_read(SSL *, void *, int)
+    ("ssl", "SSL_write"),  # int SSL_write(SSL *, const void *, int)
+    ("ssl", "SSL_has_pending"),  # int SSL_has_pending(const SSL *)
+    ("crypto", "BIO_write"),  # int BIO_write(BIO *, const void *, int)
+    ("crypto", "BIO_read"),  # int BIO_read(BIO *, void *, int)
+)
+
+
 class _Lib:
-    """libssl and libcrypto with the prototypes this module calls."""
+    """libssl and libcrypto with the prototypes this module calls.
+
+    Loaded as `PyDLL`: the GIL stays held during a call. Every call here is short
+    (memory BIOs, no I/O) and a worker is one thread, so giving the GIL up and taking
+    it back around each call only added to its cost. The callbacks run inside these
+    calls and take the GIL as ctypes callbacks always do (PyGILState_Ensure).
+    """
 
     def __init__(self) -> None:
-        ssl = ctypes.CDLL("libssl.so.3")
-        crypto = ctypes.CDLL("libcrypto.so.3")
+        ssl = ctypes.PyDLL("libssl.so.3")
+        crypto = ctypes.PyDLL("libcrypto.so.3")
         for lib, name, res, args in (
             (ssl, "DTLS_server_method", _P, []),
             (ssl, "SSL_CTX_new", _P, [_P]),
@@ -108,6 +128,11 @@ class _Lib:
             fn.restype = res
             fn.argtypes = args
             setattr(self, name, fn)
+        libs = {"ssl": ssl, "crypto": crypto}
+        for which, name in _RAW:
+            fn = libs[which][name]  # a new function object: its argtypes stay None
+            fn.restype = _INT
+            setattr(self, "raw_" + name, fn)
 
 
 _lib: Any = None  # the loaded _Lib (functions set by name, hence Any)
@@ -156,13 +181,17 @@ class OpensslConnection:
         lib: Any = backend_.lib
         self._lib = lib
         self._backend = backend_
-        self._buf = backend_.buf
+        self._buf: Any = backend_.buf  # a c_char array: a slice of it is bytes
         ssl = lib.SSL_new(backend_.ctx)
         if not ssl:
             raise MemoryError("SSL_new")
         self._ssl: int | None = ssl
         self._rbio = lib.BIO_new(lib.BIO_s_mem())
         self._wbio = lib.BIO_new(lib.BIO_s_mem())
+        # The same pointers as the `raw_*` calls take them (see _RAW).
+        self._ssl_p = ctypes.c_void_p(ssl)
+        self._rbio_p = ctypes.c_void_p(self._rbio)
+        self._wbio_p = ctypes.c_void_p(self._wbio)
         # An empty memory BIO reads as "retry", not EOF: the datagram will come.
         lib.BIO_ctrl(self._rbio, _BIO_C_SET_BUF_MEM_EOF_RETURN, -1, None)
         lib.BIO_ctrl(self._wbio, _BIO_C_SET_BUF_MEM_EOF_RETURN, -1, None)
@@ -181,7 +210,7 @@ class OpensslConnection:
 
     def _feed(self, data: bytes) -> None:
         assert self._ssl is not None
-        self._lib.BIO_write(self._rbio, data, len(data))
+        self._lib.raw_BIO_write(self._rbio_p, data, len(data))
 
     def listen(self, data: bytes) -> int:
         """DTLSv1_listen on one ClientHello: 1 cookie good, 0 answered (HVR) or dropped."""
@@ -234,20 +263,20 @@ class OpensslConnection:
     def decrypt(self, data: bytes) -> list[bytes]:
         if self._ssl is None:
             raise SessionClosed("closed")
-        self._feed(data)
-        lib, buf, ssl = self._lib, self._buf, self._ssl
+        lib, buf, ssl = self._lib, self._buf, self._ssl_p
+        lib.raw_BIO_write(self._rbio_p, data, len(data))
         out: list[bytes] = []
         while True:
-            n = lib.SSL_read(ssl, buf, _MAX_PLAINTEXT)
+            n = lib.raw_SSL_read(ssl, buf, _MAX_PLAINTEXT)
             if n > 0:
-                out.append(ctypes.string_at(buf, n))
+                out.append(buf[:n])
                 # OpenSSL takes the whole datagram from the BIO at its first record, so
                 # only the SSL object knows whether more records follow; the usual
                 # datagram is one record: stop without the failing read.
-                if not lib.SSL_has_pending(ssl):
+                if not lib.raw_SSL_has_pending(ssl):
                     return out
                 continue
-            err = lib.SSL_get_error(ssl, n)
+            err = lib.SSL_get_error(self._ssl, n)
             lib.ERR_clear_error()
             if err == _SSL_ERROR_WANT_READ:
                 return out
@@ -256,8 +285,10 @@ class OpensslConnection:
     def encrypt(self, plaintext: bytes) -> bytes:
         if self._ssl is None:
             return b""
-        self._lib.SSL_write(self._ssl, plaintext, len(plaintext))
-        return self.outgoing()
+        lib, buf = self._lib, self._buf
+        lib.raw_SSL_write(self._ssl_p, plaintext, len(plaintext))
+        n = lib.raw_BIO_read(self._wbio_p, buf, _BUF_LEN)  # the record, as outgoing()
+        return buf[:n] if n > 0 else b""
 
     def close(self) -> bytes:
         if self._ssl is None:
@@ -272,8 +303,9 @@ class OpensslConnection:
         if self._ssl is None:
             return b""
         # A memory BIO hands over everything it holds in one read (up to the buffer).
-        n = self._lib.BIO_read(self._wbio, self._buf, len(self._buf))
-        return ctypes.string_at(self._buf, n) if n > 0 else b""
+        buf = self._buf
+        n = self._lib.raw_BIO_read(self._wbio_p, buf, _BUF_LEN)
+        return buf[:n] if n > 0 else b""
 
     def cipher(self) -> str | None:
         if self._ssl is None:
@@ -292,7 +324,7 @@ class OpensslBackend:
         self.store = store
         lib: Any = _get_lib()
         self.lib = lib
-        self.buf = ctypes.create_string_buffer(1 << 16)
+        self.buf = ctypes.create_string_buffer(_BUF_LEN)
         self._secret = os.urandom(32)
         self._peer = b""
         # (identity, found) of the last key lookup: which device a handshake claims.
