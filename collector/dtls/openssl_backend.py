@@ -29,7 +29,7 @@ import struct
 import time
 from typing import Any
 
-from collector.dtls import backend
+from collector.dtls import backend, records
 from collector.dtls.backend import HandshakeFailed, SessionClosed
 from collector.psk import PskStore
 
@@ -199,6 +199,9 @@ class OpensslConnection:
         lib.SSL_ctrl(ssl, _SSL_CTRL_SET_MTU, _MTU, None)
         lib.SSL_set_accept_state(ssl)
         self.identity: str | None = None
+        # Whether the write BIO may hold records not yet handed over by outgoing(): set
+        # by every call that can make OpenSSL write, cleared once it is read empty.
+        self._unread = True
 
     def __del__(self) -> None:
         self.free()
@@ -219,6 +222,7 @@ class OpensslConnection:
         lib = self._lib
         addr = lib.BIO_ADDR_new()
         try:
+            self._unread = True
             return int(lib.DTLSv1_listen(self._ssl, addr))
         finally:
             lib.BIO_ADDR_free(addr)
@@ -231,6 +235,7 @@ class OpensslConnection:
             self._feed(data)
         lib = self._lib
         self._backend.asked = None
+        self._unread = True
         ret = lib.SSL_do_handshake(self._ssl)
         asked, self._backend.asked = self._backend.asked, None
         if asked is not None:
@@ -264,17 +269,28 @@ class OpensslConnection:
         if self._ssl is None:
             raise SessionClosed("closed")
         lib, buf, ssl = self._lib, self._buf, self._ssl_p
-        lib.raw_BIO_write(self._rbio_p, data, len(data))
+        size = len(data)
+        lib.raw_BIO_write(self._rbio_p, data, size)
+        n = lib.raw_SSL_read(ssl, buf, _MAX_PLAINTEXT)
+        if (
+            n > 0
+            and data[0] == records.CONTENT_APPLICATION_DATA
+            and size == records.RECORD_HEADER + (data[11] << 8 | data[12])
+        ):
+            # The usual datagram: one application record, read. Nothing of it is left,
+            # and reading application data makes OpenSSL write nothing (no handshake
+            # runs once it is done), so the write BIO is as empty as it was.
+            return [buf[:n]]
+        self._unread = True  # anything else may draw an answer (a re-sent Finished)
         out: list[bytes] = []
         while True:
-            n = lib.raw_SSL_read(ssl, buf, _MAX_PLAINTEXT)
             if n > 0:
                 out.append(buf[:n])
                 # OpenSSL takes the whole datagram from the BIO at its first record, so
-                # only the SSL object knows whether more records follow; the usual
-                # datagram is one record: stop without the failing read.
+                # only the SSL object knows whether more records follow.
                 if not lib.raw_SSL_has_pending(ssl):
                     return out
+                n = lib.raw_SSL_read(ssl, buf, _MAX_PLAINTEXT)
                 continue
             err = lib.SSL_get_error(self._ssl, n)
             lib.ERR_clear_error()
@@ -288,11 +304,13 @@ class OpensslConnection:
         lib, buf = self._lib, self._buf
         lib.raw_SSL_write(self._ssl_p, plaintext, len(plaintext))
         n = lib.raw_BIO_read(self._wbio_p, buf, _BUF_LEN)  # the record, as outgoing()
+        self._unread = n >= _BUF_LEN
         return buf[:n] if n > 0 else b""
 
     def close(self) -> bytes:
         if self._ssl is None:
             return b""
+        self._unread = True
         self._lib.SSL_shutdown(self._ssl)
         self._lib.ERR_clear_error()
         out = self.outgoing()
@@ -303,8 +321,11 @@ class OpensslConnection:
         if self._ssl is None:
             return b""
         # A memory BIO hands over everything it holds in one read (up to the buffer).
+        if not self._unread:
+            return b""
         buf = self._buf
         n = self._lib.raw_BIO_read(self._wbio_p, buf, _BUF_LEN)
+        self._unread = n >= _BUF_LEN  # a memory BIO hands over all it holds, up to that
         return buf[:n] if n > 0 else b""
 
     def cipher(self) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -152,6 +154,41 @@ def test_every_record_of_a_datagram_is_read_at_once(backend: str) -> None:
     assert result is not None and result[1] == [b"first", b"second"]
     result = server.datagram(client.encrypt(b"third"), PEER, 2.0)
     assert result is not None and result[1] == [b"third"]
+
+
+def test_a_lost_last_flight_is_sent_again_when_the_client_repeats_its_own(
+    backend: str,
+) -> None:
+    # RFC 6347 §4.2.4: the server's last flight (ChangeCipherSpec, Finished) is sent
+    # again when the client's last flight comes again. The session is open by then, so
+    # the repeat reaches decrypt(), and the answer must come out of outgoing().
+    server, _ = make_server(backend)
+    from mbedtls import tls
+
+    conf = client_context("dev-17", KEY).configuration.update(handshake_timeout_min=0.05)
+    client = DtlsClientSession("dev-17", KEY, tls.ClientContext(conf))
+    flight = client.start()
+    while not server.session_for(PEER):
+        server.datagram(flight, PEER, 0.0)
+        answers = take(server, PEER)
+        if server.session_for(PEER):
+            break  # the server's last flight: lost
+        for answer in answers:
+            client.receive(answer)
+        flight = client.pending()
+    assert not client.connected
+    deadline = time.monotonic() + 5.0
+    while not (repeat := client.retransmit()):  # once the client's timer has run out
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    result = server.datagram(repeat, PEER, 0.5)  # new record numbers: no replay
+    assert result is not None and result[1] == []
+    [again] = take(server, PEER)
+    client.receive(again)
+    assert client.connected
+    result = server.datagram(client.encrypt(b"after"), PEER, 1.0)
+    assert result is not None and result[1] == [b"after"]
+    assert take(server, PEER) == []
 
 
 def test_close_notify_frees_the_session(backend: str) -> None:
