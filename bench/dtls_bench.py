@@ -133,6 +133,7 @@ def path(requests: int, sessions: int, records: int, burst: int, control: bool, 
     from collector.config import Config
     from collector.metrics import WorkerStats
     from collector.sinks.null import NullSink
+    from collector.worker import GC_THRESHOLD
 
     if requests > records:
         raise SystemExit("--requests must not exceed --records")
@@ -176,7 +177,7 @@ def path(requests: int, sessions: int, records: int, burst: int, control: bool, 
             sealed.append((sock, client.encrypt(bytes(stage(i & 0xFFFF, i)))))
         gc.collect()
         gc.freeze()
-        gc.set_threshold(100_000, 50, 1000)  # the worker's settings (collector.worker)
+        gc.set_threshold(GC_THRESHOLD, 50, 1000)  # as serve_forever (collector.worker)
         for start in range(0, requests, burst):
             for sock, record in sealed[start : min(requests, start + burst)]:
                 sock.sendto(record, addr)
