@@ -297,11 +297,7 @@ class DtlsShell:
         outbox = self.core.outbox
         if outbox:
             self.core.outbox = []
-            server = self.server
-            for plain, peer in outbox:
-                session = server.session_for(peer)
-                if session is not None:  # closed meanwhile: nowhere to answer
-                    server.send(session, plain)
+            self.server.send_all(outbox)  # an answer to a session closed meanwhile: none
         records = self.server.outbox
         if not records:
             return

@@ -215,6 +215,15 @@ class DtlsServer:
             return  # closed meanwhile: the answer has nowhere to go
         self.outbox.append((session.conn.encrypt(plaintext), session.peer))
 
+    def send_all(self, answers: list[tuple[bytes, Peer]]) -> None:
+        """`send()` each (plaintext, peer) to the open session of its peer, if any (the
+        shell's outbox, in one call: a burst's answers are many)."""
+        sessions, key, outbox = self.sessions, self._key, self.outbox
+        for plaintext, peer in answers:
+            session = sessions.get(key(peer))
+            if session is not None and session.state == OPEN:  # else closed meanwhile
+                outbox.append((session.conn.encrypt(plaintext), session.peer))
+
     def session_for(self, peer: Peer) -> Session | None:
         """The open session of `peer`, if any."""
         session = self.sessions.get(self._key(peer))
