@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from collector.dtls import backend, records
 from collector.dtls.backend import Backend, Connection, HandshakeFailed, SessionClosed
@@ -57,7 +58,7 @@ class Session:
     last_seen: float
     state: str = HANDSHAKING
     identity: str | None = None
-    principal: object = None  # what the shell derives from the identity (an Identity)
+    principal: Any = None  # what the shell derives from the identity (an Identity)
 
 
 @dataclass(frozen=True, slots=True)
