@@ -423,14 +423,14 @@ class RequestCore:
                 default_namespace=namespace,
                 identity=identity,
             )
+        count = len(events)
         if self.limiter is not None:
-            wait = self.limiter.check(owner, len(events), now)
+            wait = self.limiter.check(owner, count, now)
             if wait:
                 self.stats.rate_limited += 1
                 raise TooManyRequests(
                     "rate limit exceeded", options=((_MAX_AGE, coap.encode_uint(wait)),)
                 )
-        count = len(events)
         pending = self.pending
         request = Request(peer, mid, token, mtype, size, now, owner, count, echo, silent)
         if pending + count > self._counted:  # a queue half full: shares count

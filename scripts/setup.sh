@@ -52,20 +52,22 @@ fi
 if [ -f bench/peers/node/package.json ] && command -v npm >/dev/null 2>&1; then
     (cd bench/peers/node && npm install --silent --no-audit --no-fund >/dev/null)
 fi
-# The Californium peer of the benchmarks (Java): built once, so its test runs too.
-cf_jar=bench/peers/californium/target/cf-peer.jar
-cf_src=bench/peers/californium/src/main/java/bench/CfPeer.java
-if [ -f bench/peers/californium/pom.xml ] && { [ ! -f "$cf_jar" ] || [ "$cf_src" -nt "$cf_jar" ]; } \
-    && command -v mvn >/dev/null 2>&1; then
-    (cd bench/peers/californium && mvn -q package >/dev/null 2>&1) \
-        || echo "setup: the Californium peer did not build; --compare will skip it" >&2
-fi
+# A Java peer under bench/peers: built once with Maven, and again when its source is
+# newer than its jar. Arguments: its directory, its jar, its main source, and what to
+# say when it does not build.
+build_java_peer() {
+    local dir=$1 jar=$2 src=$3 missing=$4
+    if [ -f "$dir/pom.xml" ] && { [ ! -f "$jar" ] || [ "$src" -nt "$jar" ]; } \
+        && command -v mvn >/dev/null 2>&1; then
+        (cd "$dir" && mvn -q package >/dev/null 2>&1) || echo "setup: $missing" >&2
+    fi
+}
+# The Californium peer of the benchmarks (plain and DTLS), so its test runs too.
+build_java_peer bench/peers/californium bench/peers/californium/target/cf-peer.jar \
+    bench/peers/californium/src/main/java/bench/CfPeer.java \
+    "the Californium peer did not build; --compare will skip it"
 # The Scandium (Californium DTLS) client of the coaps tests.
-sc_jar=bench/peers/scandium/target/sc-peer.jar
-sc_src=bench/peers/scandium/src/main/java/bench/ScPeer.java
-if [ -f bench/peers/scandium/pom.xml ] && { [ ! -f "$sc_jar" ] || [ "$sc_src" -nt "$sc_jar" ]; } \
-    && command -v mvn >/dev/null 2>&1; then
-    (cd bench/peers/scandium && mvn -q package >/dev/null 2>&1) \
-        || echo "setup: the Scandium peer did not build; its coaps test will skip" >&2
-fi
+build_java_peer bench/peers/scandium bench/peers/scandium/target/sc-peer.jar \
+    bench/peers/scandium/src/main/java/bench/ScPeer.java \
+    "the Scandium peer did not build; its coaps test will skip"
 echo "setup: ready ($VENV)"
