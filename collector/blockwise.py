@@ -75,7 +75,8 @@ class Reassembly:
         self.max_body = max_body
         self.per_endpoint = per_endpoint
         self.lifetime = lifetime
-        self._open: FairTable[TransferKey, _Transfer] = FairTable(capacity)
+        # key -> (owner, arrival time, transfer)
+        self._open: FairTable[TransferKey, tuple[Hashable, float, _Transfer]] = FairTable(capacity)
         self._endpoints: dict[Any, list[TransferKey]] = {}  # endpoint -> its open keys
 
     def __len__(self) -> int:
@@ -132,7 +133,7 @@ class Reassembly:
             keys = self._endpoints[endpoint] = []
         while len(keys) >= self.per_endpoint:
             self._drop(keys[0])  # the endpoint's oldest transfer goes first
-        evicted = self._open.put(key, owner, now, transfer)
+        evicted = self._open.put(key, (owner, now, transfer))
         if evicted is not None:
             self._forget(evicted)
         keys.append(key)

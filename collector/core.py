@@ -436,7 +436,7 @@ class RequestCore:
         if pending + count > self._counted:  # a queue half full: shares count
             self._admit(owner, count)
             request.charged = count
-        self._seen.add(request.key, owner, now, (size, request))  # not a duplicate: absent
+        self._seen.add(request.key, (owner, now, size, request))  # not a duplicate: absent
         if mtype == _CON:
             self.exchange.track(request)
         self.pending = pending + count
@@ -579,7 +579,7 @@ class RequestCore:
         data = header(rtype, _CREATED, mid, request.token)
         peer = request.peer
         self.outbox.append((data, peer))
-        self._seen.replace(request.key, (request.size, data))
+        self._seen.replace(request.key, (request.owner, request.received, request.size, data))
         stats = self.stats
         stats.requests[_POST_CREATED] += 1
         stats.latency.observe(now - request.received)
@@ -610,13 +610,13 @@ class RequestCore:
             )
         silent = request.silent
         if silent and silent & _NO_RESPONSE_BIT.get(code >> 5, 0):
-            self.exchange.answered(request.key, request.size, b"")
+            self.exchange.answered(request, b"")
         elif request.separate:
             self.exchange.send_confirmable(peer, mid, data, now)
-            self.exchange.answered(request.key, request.size, empty(_ACK, request.mid))
+            self.exchange.answered(request, empty(_ACK, request.mid))
         else:
             self._emit(data, peer)
-            self.exchange.answered(request.key, request.size, data)
+            self.exchange.answered(request, data)
         stats = self.stats
         stats.requests[
             _POST_CREATED if code == _CREATED else (*_POST_EVENTS, code_label(code))

@@ -103,6 +103,10 @@ class Request:
         self.separate = False
 
 
+# A dedup entry: (owner, arrival time, request length, Request | response bytes).
+Entry = tuple[Hashable, float, int, Request | bytes]
+
+
 class Retransmission:
     __slots__ = ("attempts", "data", "due", "peer", "timeout")
 
@@ -128,11 +132,11 @@ class ExchangeLayer:
         self._send = send
         self.ack_delay = ack_delay
         self.lifetime = lifetime
-        # (peer, MID) -> owner, arrival time, (request length, Request | response bytes).
+        # (peer, MID) -> (owner, arrival time, request length, Request | response bytes).
         # Tuples, not lists: once answered, an entry holds only atomic values, so the
         # cyclic GC untracks it at its first pass and never walks it again; the
         # table holds up to `capacity` of them for minutes (see worker.serve_forever).
-        self.seen: FairTable[tuple[Peer, int], tuple[int, Request | bytes]] = FairTable(capacity)
+        self.seen: FairTable[tuple[Peer, int], Entry] = FairTable(capacity)
         self._waiting: list[Request] = []  # CON requests in arrival order, for ack-delay
         self._waiting_head = 0
         self._outgoing: dict[tuple[Peer, int], Retransmission] = {}
@@ -149,9 +153,9 @@ class ExchangeLayer:
         entry = self.seen.get((peer, mid))
         if entry is None:
             return False
-        length, state = entry[2]
-        if length != size:
+        if entry[2] != size:
             return True
+        state = entry[3]
         if isinstance(state, bytes):
             if state:  # b"": answered with silence (No-Response), and so again
                 self._send(state, peer)
@@ -163,11 +167,12 @@ class ExchangeLayer:
         self, key: tuple[Peer, int], owner: Hashable, now: float, size: int, state: Request | bytes
     ) -> None:
         """Keep a request's state (or its answer's bytes) for EXCHANGE_LIFETIME."""
-        self.seen.put(key, owner, now, (size, state))
+        self.seen.put(key, (owner, now, size, state))
 
-    def answered(self, key: tuple[Peer, int], size: int, data: bytes) -> None:
-        """Replace an in-progress entry by its response bytes (keeps arrival order)."""
-        self.seen.replace(key, (size, data))
+    def answered(self, request: Request, data: bytes) -> None:
+        """Replace a request's in-progress entry by its response bytes (keeps arrival
+        order; no-op once the entry is gone)."""
+        self.seen.replace(request.key, (request.owner, request.received, request.size, data))
 
     def track(self, request: Request) -> None:
         """Watch a CON request for the ack-delay deadline."""

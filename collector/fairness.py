@@ -22,22 +22,27 @@ oldest entry of each owner at the front of that owner's queue.
 
 Cost per entry: a dict insert and a list append, O(1). Memory: at most `capacity`
 entries, plus one small list per owner that holds any.
+
+Entries are the caller's own tuples, (owner, arrival time, ...): the table reads the
+owner from item 0 and the time from item 1 and leaves the rest alone. One tuple per
+entry rather than the table's wrapper around the caller's value: on the dedup
+table's path that is a tuple fewer to build, track and free for every request.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
+E = TypeVar("E", bound=tuple[Any, ...])  # an entry: (owner, time, ...)
 
 __all__ = ["FairTable"]
 
 
-class FairTable(Generic[K, V]):
-    """At most `capacity` entries key -> (owner, time, value); see the module text."""
+class FairTable(Generic[K, E]):
+    """At most `capacity` entries key -> (owner, time, ...); see the module text."""
 
     __slots__ = ("_entries", "_heavy", "_heavy_queue", "_queues", "capacity")
 
@@ -45,8 +50,8 @@ class FairTable(Generic[K, V]):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        # key -> (owner, time, value), in arrival order.
-        self._entries: OrderedDict[K, tuple[Hashable, float, V]] = OrderedDict()
+        # key -> (owner, time, ...), in arrival order.
+        self._entries: OrderedDict[K, E] = OrderedDict()
         # owner -> [head, key, key, ...]: its live keys, oldest first, from index
         # head + 1. A list with a head offset rather than a deque: a deque costs ~600
         # bytes even when empty, and most owners hold one or two entries.
@@ -61,12 +66,12 @@ class FairTable(Generic[K, V]):
         return key in self._entries
 
     @property
-    def entries(self) -> Mapping[K, tuple[Hashable, float, V]]:
+    def entries(self) -> Mapping[K, E]:
         """The entries, read-only, in arrival order: for a caller that tests keys on a
         hot path without a method call per test."""
         return self._entries
 
-    def get(self, key: K) -> tuple[Hashable, float, V] | None:
+    def get(self, key: K) -> E | None:
         return self._entries.get(key)
 
     def owned(self, owner: Hashable) -> int:
@@ -77,49 +82,54 @@ class FairTable(Generic[K, V]):
     def owners(self) -> int:
         return len(self._queues)
 
-    def items(self) -> Iterator[tuple[K, tuple[Hashable, float, V]]]:
+    def items(self) -> Iterator[tuple[K, E]]:
         return iter(self._entries.items())
 
-    def put(self, key: K, owner: Hashable, now: float, value: V) -> K | None:
-        """Add an entry (or replace the value of one, keeping its place and owner).
-        Returns the key evicted to make room, if any."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries[key] = (entry[0], entry[1], value)
+    def put(self, key: K, entry: E) -> K | None:
+        """Add an entry (or replace one, keeping its place, owner and time: only the
+        items after those two change). Returns the key evicted to make room, if any."""
+        old = self._entries.get(key)
+        if old is not None:
+            self._entries[key] = cast(E, (*old[:2], *entry[2:]))
             return None
-        return self.add(key, owner, now, value)
+        return self.add(key, entry)
 
-    def add(self, key: K, owner: Hashable, now: float, value: V) -> K | None:
+    def add(self, key: K, entry: E) -> K | None:
         """`put` for a key the caller knows is absent (one lookup fewer: the dedup
         table's hot path has just looked). Returns the key evicted, if any."""
         entries = self._entries
+        owner = entry[0]
         queue = self._queues.get(owner)
         if queue is None:
-            return self._add_slowly(key, owner, now, value)
+            return self._add_slowly(key, owner, entry)
         # The common cases inline: an owner that holds entries, with room or with a
         # victim (see _evict) that keeps an entry after this one goes. While any
         # owner holds entries, some owner is the heaviest known.
         heavy: list[Any] = self._heavy_queue  # type: ignore[assignment]
-        evicted = None
-        if len(entries) >= self.capacity:
-            victim = queue if len(queue) - queue[0] >= len(heavy) - heavy[0] else heavy
-            head = victim[0] + 1
-            if head + 1 >= len(victim):  # its last entry: the owner goes too
-                return self._add_slowly(key, owner, now, value)
-            evicted = victim[head]
-            del entries[evicted]
-            victim[head] = None
-            if head > 8 and head * 2 > len(victim):
-                del victim[1 : head + 1]  # compact: amortised O(1)
-                head = 0
-            victim[0] = head
-        entries[key] = (owner, now, value)
+        if len(entries) < self.capacity:
+            entries[key] = entry
+            queue.append(key)
+            if heavy is not queue and len(queue) - queue[0] > len(heavy) - heavy[0]:
+                self._heavy, self._heavy_queue = owner, queue
+            return None
+        victim = queue if len(queue) - queue[0] >= len(heavy) - heavy[0] else heavy
+        head = victim[0] + 1
+        if head + 1 >= len(victim):  # its last entry: the owner goes too
+            return self._add_slowly(key, owner, entry)
+        evicted = victim[head]
+        del entries[evicted]
+        victim[head] = None
+        if head > 8 and head * 2 > len(victim):
+            del victim[1 : head + 1]  # compact: amortised O(1)
+            head = 0
+        victim[0] = head
+        entries[key] = entry
         queue.append(key)
         if heavy is not queue and len(queue) - queue[0] > len(heavy) - heavy[0]:
             self._heavy, self._heavy_queue = owner, queue
         return evicted
 
-    def _add_slowly(self, key: K, owner: Hashable, now: float, value: V) -> K | None:
+    def _add_slowly(self, key: K, owner: Hashable, entry: E) -> K | None:
         """`add` for a new owner, or when the table is full."""
         entries = self._entries
         queues = self._queues
@@ -131,21 +141,23 @@ class FairTable(Generic[K, V]):
             evicted = self._evict(owner, queue)
             if owner not in queues:  # the newcomer's last entry went
                 queue = queues[owner] = [0]
-        entries[key] = (owner, now, value)
+        entries[key] = entry
         queue.append(key)
         heavy = self._heavy_queue
         if heavy is not queue and (heavy is None or len(queue) - queue[0] > len(heavy) - heavy[0]):
             self._heavy, self._heavy_queue = owner, queue
         return evicted
 
-    def replace(self, key: K, value: V) -> None:
-        """Set the value of an existing entry (no-op when it is gone)."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries[key] = (entry[0], entry[1], value)
+    def replace(self, key: K, entry: E) -> None:
+        """Replace an existing entry (no-op when it is gone) by one that carries the
+        owner and time it was added with: the caller's promise, unchecked, as this
+        is the dedup table's hot path (`put` is the checked way)."""
+        entries = self._entries
+        if key in entries:
+            entries[key] = entry
 
-    def pop(self, key: K) -> V | None:
-        """Remove an entry; its value, or None when absent."""
+    def pop(self, key: K) -> E | None:
+        """Remove an entry; the entry, or None when absent."""
         entry = self._entries.pop(key, None)
         if entry is None:
             return None
@@ -155,7 +167,7 @@ class FairTable(Generic[K, V]):
             self._popleft(owner, queue)
         else:  # rare: removed out of order (a finished transfer)
             queue.remove(key)
-        return entry[2]
+        return entry
 
     def expire(self, horizon: float) -> int:
         """Drop entries that arrived at or before `horizon`; how many went."""
@@ -163,15 +175,16 @@ class FairTable(Generic[K, V]):
         gone = 0
         while entries:
             key = next(iter(entries))
-            owner, when, _value = entries[key]
-            if when > horizon:
+            entry = entries[key]
+            if entry[1] > horizon:
                 break
             del entries[key]
+            owner = entry[0]
             self._popleft(owner, self._queues[owner])  # the oldest overall is its owner's
             gone += 1
         return gone
 
-    def oldest(self) -> tuple[K, tuple[Hashable, float, V]] | None:
+    def oldest(self) -> tuple[K, E] | None:
         for item in self._entries.items():
             return item
         return None
