@@ -39,31 +39,36 @@ log = logging.getLogger("collector.batching")
 class Batcher(Generic[T]):
     """Collects items; closes a batch at `max_items`. No clock, no I/O."""
 
-    __slots__ = ("_items", "max_items")
+    __slots__ = ("items", "max_items")
 
     def __init__(self, max_items: int) -> None:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         self.max_items = max_items
-        self._items: list[T] = []
+        # The open batch. A driver on a hot path may append to it itself and `take`
+        # it once it holds `max_items`: `feed` without the call.
+        self.items: list[T] = []
 
     def feed(self, item: T) -> list[T] | None:
         """Add one item; return the batch when this item filled it."""
-        self._items.append(item)
-        if len(self._items) >= self.max_items:
-            batch, self._items = self._items, []
-            return batch
+        self.items.append(item)
+        if len(self.items) >= self.max_items:
+            return self.take()
         return None
+
+    def take(self) -> list[T]:
+        """The open batch, closed (possibly empty); a new one opens."""
+        batch, self.items = self.items, []
+        return batch
 
     def flush(self) -> list[T] | None:
         """Close the open batch; None when it is empty."""
-        if not self._items:
+        if not self.items:
             return None
-        batch, self._items = self._items, []
-        return batch
+        return self.take()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
 
 # An item is (event, owner, position); `owner` is opaque (the core's request). When a
@@ -107,10 +112,12 @@ class BatchDriver:
         if not self.pending:
             self._idle.clear()
         self.pending += 1
-        batch = self._batcher.feed((event, owner, position))
-        if batch is not None:
+        batcher = self._batcher
+        items = batcher.items  # Batcher.feed, inlined: this runs for every event
+        items.append((event, owner, position))
+        if len(items) >= batcher.max_items:
             self._cancel_timer()
-            self._submit(batch)
+            self._submit(batcher.take())
         elif self._timer is None:
             loop = self._loop or self._get_loop()
             if self._in_flight:
