@@ -441,8 +441,11 @@ class RequestCore:
             self.exchange.track(request)
         self.pending = pending + count
         store = self.store
-        for position, event in enumerate(events):
-            store(event, request, position)
+        if count == 1:  # most requests: no enumerate object, no tuple per event
+            store(events[0], request, 0)
+        else:
+            for position, event in enumerate(events):
+                store(event, request, position)
 
     def _admit(self, owner: Hashable, count: int) -> None:
         """Back-pressure, once more than half the soft limit is pending.
