@@ -29,7 +29,8 @@ V = TypeVar("V")
 
 _MARKER = 0xFF
 _MISSING = object()
-_STARTS = bytes(4 + (b & 0x0F) if b & 0xE0 == 0x40 and b & 0x0F <= 8 else 0 for b in range(256))
+# A tuple, not bytes: indexing a tuple by an int is one specialised opcode.
+_STARTS = tuple(4 + (b & 0x0F) if b & 0xE0 == 0x40 and b & 0x0F <= 8 else 0 for b in range(256))
 
 
 class RequestShapes(Generic[V]):
