@@ -116,7 +116,7 @@ class FairTable(Generic[K, E]):
         head = victim[0] + 1
         if head + 1 >= len(victim):  # its last entry: the owner goes too
             return self._add_slowly(key, owner, entry)
-        evicted = victim[head]
+        evicted: K = victim[head]
         del entries[evicted]
         victim[head] = None
         if head > 8 and head * 2 > len(victim):
