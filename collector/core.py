@@ -248,6 +248,8 @@ class RequestCore:
                 self._judge(request, position, result)
             request.remaining -= 1
             if request.remaining == 0:
+                if request.type == _CON:
+                    self.exchange.settle(request)
                 if request.charged:  # its events leave its owner's share
                     owner = request.owner
                     left = held[owner] - request.charged

@@ -66,6 +66,7 @@ class Request:
         "separate",
         "silent",
         "size",
+        "slot",
         "token",
         "type",
     )
@@ -94,6 +95,7 @@ class Request:
         self.remaining = events  # events still without a result
         self.charged = 0  # its events counted in its owner's pending share, if any
         self.deadline = 0.0  # when an empty ACK is due, if still unanswered
+        self.slot = 0  # its place among the exchange layer's watched requests (track)
         self.options = options  # echoed in the final response
         # The first failed event's answer (code 0: none): 4.00 > 4.09 > 5.03, each
         # with the first such event's reason.
@@ -137,8 +139,11 @@ class ExchangeLayer:
         # cyclic GC untracks it at its first pass and never walks it again; the
         # table holds up to `capacity` of them for minutes (see worker.serve_forever).
         self.seen: FairTable[tuple[Peer, int], Entry] = FairTable(capacity)
-        self._waiting: list[Request] = []  # CON requests in arrival order, for ack-delay
+        # CON requests in arrival order, for ack-delay; None where one was settled, so
+        # that a request answered in time is freed at once (see settle).
+        self._waiting: list[Request | None] = []
         self._waiting_head = 0
+        self._waiting_base = 0  # requests dropped from the front of _waiting so far
         self._outgoing: dict[tuple[Peer, int], Retransmission] = {}
         self._next_mid = random.randrange(0x10000)
         self.retransmitted = 0  # our own resends of separate responses, since last read
@@ -175,9 +180,21 @@ class ExchangeLayer:
         self.seen.replace(request.key, (request.owner, request.received, request.size, data))
 
     def track(self, request: Request) -> None:
-        """Watch a CON request for the ack-delay deadline."""
+        """Watch a CON request for the ack-delay deadline, until `settle`."""
         request.deadline = request.received + self.ack_delay
-        self._waiting.append(request)
+        waiting = self._waiting
+        request.slot = self._waiting_base + len(waiting)
+        waiting.append(request)
+
+    def settle(self, request: Request) -> None:
+        """Stop watching a tracked request: it is answered.
+
+        The list lets go of it here rather than when the tick passes its deadline:
+        held for ack-delay, every request of a busy worker outlived the young GC
+        generation, and the cyclic GC walked ~25,000 of them in each middle-generation
+        pass (18 ms at 30,000 requests/s).
+        """
+        self._waiting[request.slot - self._waiting_base] = None
 
     # -- separate responses ------------------------------------------------------------
 
@@ -201,15 +218,19 @@ class ExchangeLayer:
         """Run due work: empty ACKs, retransmissions, expiry. Called every few ms."""
         waiting = self._waiting
         i = self._waiting_head
-        while i < len(waiting) and waiting[i].deadline <= now:
+        while i < len(waiting):
             request = waiting[i]
-            if request.remaining > 0 and not request.separate:
-                request.separate = True
-                self._send(empty(_ACK, request.mid), request.peer)
+            if request is not None:  # (None: settled)
+                if request.deadline > now:
+                    break
+                if request.remaining > 0 and not request.separate:
+                    request.separate = True
+                    self._send(empty(_ACK, request.mid), request.peer)
             i += 1
-        # Requests that completed early leave the list here rather than on the hot path.
+        # The front of the list goes here rather than on the hot path.
         if i > 1024 and i * 2 > len(waiting):
             del waiting[:i]
+            self._waiting_base += i
             i = 0
         self._waiting_head = i
         if self._outgoing:

@@ -162,3 +162,34 @@ def test_a_silent_answer_stays_silent_for_duplicates() -> None:
     layer.remember((PEER, 3), "h", 0.0, 20, b"")
     assert layer.duplicate(PEER, 3, 20)
     assert sent == []
+
+
+def test_a_settled_request_is_let_go_and_draws_no_empty_ack() -> None:
+    """A request answered before its ack-delay is released at once (not held until
+    the deadline, which kept every request of a busy worker past the young GC
+    generation) and gets no empty ACK; the others still do, in order, across the
+    list's compaction."""
+    import sys
+
+    layer, sent = make_layer()
+    requests = [
+        Request((PEER[0], 40000 + i), i, b"t", 0, 30, 0.001 * i, PEER[0], events=1)
+        for i in range(3000)
+    ]
+    for request in requests:
+        layer.track(request)
+    held = sys.getrefcount(requests[1])
+    for request in requests[1::2]:
+        layer.settle(request)
+    after = sys.getrefcount(requests[1])  # (outside the assert: it holds temporaries)
+    assert after == held - 1
+    layer.tick(1.0)  # past the first ~500 deadlines: the list's front is dropped
+    layer.tick(3.5)
+    acked = [coap.decode(data).mid for data, _peer in sent]
+    assert acked == list(range(0, 3000, 2))
+    assert all(r.separate for r in requests[0::2]) and not any(r.separate for r in requests[1::2])
+    late = Request(PEER, 4000, b"t", 0, 30, 3.5, PEER[0], events=1)
+    layer.track(late)  # tracked after a compaction: its slot still finds it
+    layer.settle(late)
+    layer.tick(10.0)
+    assert len(sent) == 1500
