@@ -133,9 +133,12 @@ def _counted_run(tree: str, reps: int, dedup_capacity: int | None) -> None:
         for rep in range(reps):
             await _feed(feed, driver, sent, datagrams, peers[rep])
 
+    sys.path.insert(0, tree)
+    from collector.worker import GC_THRESHOLD  # each tree's own: 50,000 before, 5,000 now
+
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 1000)
+    gc.set_threshold(GC_THRESHOLD, 50, 1000)
     asyncio.run(run())
 
 
