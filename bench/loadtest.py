@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-limit",
         type=_positive(float),
         metavar="CPUS",
-        help="CPU quota per started server/replica via a cgroup, e.g. 0.3 (needs root)",
+        help="CPU quota via a cgroup, e.g. 0.3 (needs root): per collector worker (N "
+        "workers get N x CPUS), so per replica, and per peer",
     )
     m.add_argument(
         "--workers",
@@ -455,8 +456,9 @@ def psk_of(args: argparse.Namespace) -> dtls.Psk | None:
 
 def server_cores(name: str, workers: int, replicas: int = 1, cpu_limit: float | None = None) -> int:
     """The cores a started server is taken to use: one per collector worker (or its CPU
-    quota), one for a peer (the JVM's threads included: it gets one core when pinned)."""
-    per = math.ceil(cpu_limit) if cpu_limit else (workers if name == "collector" else 1)
+    quota, --cpu-limit per worker, rounded up), one for a peer (the JVM's threads included: it gets one core when pinned)."""
+    count = workers if name == "collector" else 1
+    per = math.ceil(servers.collector_quota(cpu_limit, count) or 0) if cpu_limit else count
     return max(1, per * replicas)
 
 

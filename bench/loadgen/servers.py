@@ -459,6 +459,13 @@ def peer_available(name: str) -> str | None:
     return None
 
 
+def collector_quota(cpu_limit: float | None, workers: int) -> float | None:
+    """A collector's cgroup quota: `cpu_limit` per worker. So N workers get N times one
+    worker's CPU, and `--workers 1,2 --cpu-limit 0.45` shows how workers scale on a
+    machine with fewer free cores than workers."""
+    return cpu_limit * workers if cpu_limit else None
+
+
 def start_server(
     name: str,
     host: str = "127.0.0.1",
@@ -485,10 +492,11 @@ def start_server(
             ns.setup()
             port = port or 5683
             opts = collector or CollectorOptions()
+            quota = collector_quota(cpu_limit, opts.workers)
             fleet.tmpdir = tempfile.mkdtemp(prefix="iotbench-")
             for i, (nsname, ip) in enumerate(zip(ns.namespaces, ns.replica_ips, strict=True)):
                 argv = collector_argv(ip, port, opts, f"{fleet.tmpdir}/replica-{i}.db")
-                proc = fleet.start(f"collector-{i}", argv, cpu_limit, netns=nsname, cpus=cpus)
+                proc = fleet.start(f"collector-{i}", argv, quota, netns=nsname, cpus=cpus)
                 # probe each replica directly from the host, then the virtual IP
                 wait_ready(ip, port, proc.popen, ready_timeout)
             ns.add_service(port)
@@ -506,9 +514,10 @@ def start_server(
                     opts.es_url,
                     (*opts.extra, *_coaps_args(fleet.tmpdir, fleet.ports["coaps"], psk)),
                 )
+            quota = collector_quota(cpu_limit, opts.workers)
             for i in range(replicas):
                 argv = collector_argv(host, port, opts, f"{fleet.tmpdir}/replica-{i}.db")
-                fleet.start(f"collector-{i}", argv, cpu_limit, cpus=cpus)
+                fleet.start(f"collector-{i}", argv, quota, cpus=cpus)
         else:
             # the DTLS peer's key travels in its environment, not on its command line
             env = {"CF_PEER_PSK_KEY_HEX": psk.key.hex()} if psk is not None else None
