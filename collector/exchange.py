@@ -194,7 +194,9 @@ class ExchangeLayer:
         generation, and the cyclic GC walked ~25,000 of them in each middle-generation
         pass (18 ms at 30,000 requests/s).
         """
-        self._waiting[request.slot - self._waiting_base] = None
+        index = request.slot - self._waiting_base
+        if index >= 0:  # (< 0: past its deadline, the tick has dropped it already)
+            self._waiting[index] = None
 
     # -- separate responses ------------------------------------------------------------
 

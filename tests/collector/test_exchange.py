@@ -193,3 +193,24 @@ def test_a_settled_request_is_let_go_and_draws_no_empty_ack() -> None:
     layer.settle(late)
     layer.tick(10.0)
     assert len(sent) == 1500
+
+
+def test_settling_a_request_the_tick_already_dropped_touches_no_other() -> None:
+    """A request answered after its deadline (a separate response, a slow store) has
+    left the list by then; settling it must not clear another request's place."""
+    layer, sent = make_layer()
+    early = [
+        Request((PEER[0], 40000 + i), i, b"t", 0, 30, 0.0, PEER[0], events=1)
+        for i in range(2000)
+    ]
+    for request in early:
+        layer.track(request)
+    layer.tick(1.0)  # all past their deadline: empty ACKs, and the list's front dropped
+    assert len(sent) == 2000
+    late = [Request(PEER, 5000 + i, b"t", 0, 30, 2.0, PEER[0], events=1) for i in range(3)]
+    for request in late:
+        layer.track(request)
+    for request in early:
+        layer.settle(request)  # answered now, long after their empty ACKs
+    layer.tick(3.0)
+    assert [coap.decode(data).mid for data, _peer in sent[2000:]] == [5000, 5001, 5002]
