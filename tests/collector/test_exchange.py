@@ -200,8 +200,7 @@ def test_settling_a_request_the_tick_already_dropped_touches_no_other() -> None:
     left the list by then; settling it must not clear another request's place."""
     layer, sent = make_layer()
     early = [
-        Request((PEER[0], 40000 + i), i, b"t", 0, 30, 0.0, PEER[0], events=1)
-        for i in range(2000)
+        Request((PEER[0], 40000 + i), i, b"t", 0, 30, 0.0, PEER[0], events=1) for i in range(2000)
     ]
     for request in early:
         layer.track(request)
