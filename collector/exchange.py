@@ -14,8 +14,8 @@ Memory is bounded and shared fairly (`collector.fairness.FairTable`): at most
 or the DTLS identity); when the table is full the heaviest source's oldest exchange is
 forgotten, so a flood of unique Message IDs from one address evicts only that
 address's entries. An answered entry with its peer tuple, response bytes and share of
-the owner's queue costs about 475 bytes (690 when every entry has an address of its
-own), so the default 200,000 entries take 90-130 MiB per worker
+the owner's queue costs about 430 bytes (645 when every entry has an address of its
+own), so the default 200,000 entries take 81-123 MiB per worker
 (bench/dedup_memory.py). A duplicate of a
 forgotten exchange is processed again; the store's deterministic event ids still make
 it harmless for events that carry an `id` or a timestamp. Peers' servers have fallen
