@@ -95,7 +95,7 @@ class Request:
         self.remaining = events  # events still without a result
         self.charged = 0  # its events counted in its owner's pending share, if any
         self.deadline = 0.0  # when an empty ACK is due, if still unanswered
-        self.slot = 0  # its place among the exchange layer's watched requests (track)
+        self.slot = -1  # its place among the exchange layer's watched ones (-1: none)
         self.options = options  # echoed in the final response
         # The first failed event's answer (code 0: none): 4.00 > 4.09 > 5.03, each
         # with the first such event's reason.
@@ -195,7 +195,8 @@ class ExchangeLayer:
         pass (18 ms at 30,000 requests/s).
         """
         index = request.slot - self._waiting_base
-        if index >= 0:  # (< 0: past its deadline, the tick has dropped it already)
+        # < 0: never tracked, or past its deadline and dropped by the tick already.
+        if index >= 0:
             self._waiting[index] = None
 
     # -- separate responses ------------------------------------------------------------

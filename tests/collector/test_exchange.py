@@ -213,3 +213,12 @@ def test_settling_a_request_the_tick_already_dropped_touches_no_other() -> None:
         layer.settle(request)  # answered now, long after their empty ACKs
     layer.tick(3.0)
     assert [coap.decode(data).mid for data, _peer in sent[2000:]] == [5000, 5001, 5002]
+
+
+def test_settling_an_untracked_request_touches_no_other() -> None:
+    layer, sent = make_layer()
+    tracked = Request(PEER, 1, b"t", 0, 30, 0.0, PEER[0], events=1)
+    layer.track(tracked)
+    layer.settle(Request(PEER, 2, b"t", 1, 30, 0.0, PEER[0], events=1))  # a NON: never tracked
+    layer.tick(1.0)
+    assert [coap.decode(data).mid for data, _peer in sent] == [1]
